@@ -1,0 +1,1 @@
+"""Prettier Space Survey services: one folder per service plus the shared runtime."""

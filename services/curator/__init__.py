@@ -1,0 +1,1 @@
+"""Curator service: pair verdicts, blacklist, versioned datasets (issue #6)."""

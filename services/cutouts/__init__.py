@@ -1,0 +1,1 @@
+"""Cutout service: survey pixels matched to a footprint through hips2fits (issue #5)."""

@@ -1,0 +1,1 @@
+"""Inference gateway: renders any field of the sky through Triton (issue #8)."""
