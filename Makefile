@@ -24,11 +24,9 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 proto: $(GEN)/.stamp
 
-# Stubs are generated, never edited: protoc writes prettyspace/v1/*_pb2*.py(i).
-$(GEN)/.stamp: $(PROTOS) $(STAMP)
-	rm -rf $(GEN) && mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -I proto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
-	touch $@
+# Stubs are generated, never edited (the container build runs the same script).
+$(GEN)/.stamp: $(PROTOS) proto/generate.py | $(STAMP)
+	$(PY) proto/generate.py
 
 .cache/triton/.installed: $(STAMP)
 	$(PY) -m deploy.localstack install

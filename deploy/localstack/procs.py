@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())

@@ -1,0 +1,110 @@
+"""The local stack from the command line (the Makefile's up/down/status/demo).
+
+python -m deploy.localstack install   unpack the Triton server binary (cached)
+python -m deploy.localstack up        start S3, Triton and every service; wait healthy
+python -m deploy.localstack status    health of each component
+python -m deploy.localstack down      drain and stop everything
+python -m deploy.localstack demo      up, then show the platform healthy
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from deploy.localstack import triton
+from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
+
+
+def _print_health(stack: Stack) -> bool:
+    health = stack.health()
+    width = max(len(h.name) for h in health)
+    for h in health:
+        detail = f"  {h.detail}" if h.detail else ""
+        print(f"{'ok ' if h.ok else '!! '}{h.name:<{width}}  {h.address:<21}  {h.status}{detail}")
+    return all(h.ok for h in health)
+
+
+def cmd_install(_: argparse.Namespace) -> int:
+    install = triton.install_triton(DEFAULT_CACHE / "triton")
+    print(f"tritonserver ready at {install.binary}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    existing = Stack.load(DEFAULT_ROOT)
+    if existing and all(existing.running().values()):
+        print("the local stack is already running:")
+        return 0 if _print_health(existing) else 1
+    if existing:
+        print("cleaning up a stack that is no longer complete")
+        existing.stop()
+    stack = Stack.local(DEFAULT_ROOT)
+    try:
+        stack.start(timeout_s=args.timeout, progress=True)
+    except StackError as exc:
+        print(f"the local stack did not come up: {exc}", file=sys.stderr)
+        return 1
+    _print_health(stack)
+    print(f"\nlogs: {stack.log_dir}/   settings for clients: {stack.root / 'stack.env'}")
+    print("stop it with `make down`")
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    stack = Stack.load(DEFAULT_ROOT)
+    if stack is None:
+        print("no local stack is running (start it with `make up`)")
+        return 1
+    return 0 if _print_health(stack) else 1
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    stack = Stack.load(DEFAULT_ROOT)
+    if stack is None:
+        print("no local stack is running")
+        return 0
+    started = time.monotonic()
+    killed = stack.stop()
+    forced = [name for name, k in killed.items() if k]
+    print(
+        f"stopped {', '.join(killed)} in {time.monotonic() - started:.1f} s"
+        + (f" (had to kill: {', '.join(forced)})" if forced else "")
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    code = cmd_up(args)
+    if code:
+        return code
+    print(
+        "\nThe platform is up: an S3 object store, Triton serving the bicubic_x4 baseline from the\n"
+        "`models` bucket, and the crawler, cutouts, curator, trainer and gateway services, all healthy.\n"
+        "Ask it yourself: .venv/bin/prettyspace status  (with the settings of .stack/stack.env)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.localstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (
+        ("install", cmd_install),
+        ("up", cmd_up),
+        ("status", cmd_status),
+        ("down", cmd_down),
+        ("demo", cmd_demo),
+    ):
+        p = sub.add_parser(name)
+        p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+        p.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
