@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -295,12 +296,14 @@ class Stack:
         return {name: procs.pid_alive(pid) for name, pid in self.pids.items()}
 
     def stop(self, timeout_s: float = 20.0) -> dict[str, bool]:
-        """Services first (they drain), then Triton, then the object store."""
-        order = [n for n in self.pids if n not in ("triton", "s3")] + ["triton", "s3"]
-        killed = {}
-        for name in order:
-            if name in self.pids:
-                killed[name] = procs.stop_pid(self.pids[name], timeout_s)
+        """Services first (they drain, all at once), then Triton and the object store.
+        Returns, for each component, whether it had to be killed."""
+        services = [n for n in self.pids if n not in ("triton", "s3")]
+        killed: dict[str, bool] = {}
+        for group in (services, [n for n in ("triton", "s3") if n in self.pids]):
+            with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
+                results = pool.map(lambda n: procs.stop_pid(self.pids[n], timeout_s), group)
+                killed.update(zip(group, results, strict=True))
         self.pids.clear()
         if self.state_file.exists():
             self.state_file.unlink()

@@ -176,7 +176,7 @@ def run_service(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> 
         service.start()
     except StartupError as exc:
         return _fail(spec.name, f"cannot start: {exc}", 1)
-    while not stop.wait(1.0):
+    while not stop.wait(0.1):  # short waits: signal handlers run between them
         pass
     service.shutdown()
     return 0
