@@ -19,47 +19,51 @@ class ConfigError(ValueError):
     """A setting is missing or wrong; the message is meant for a person."""
 
 
+class _Invalid(ValueError):
+    """A parser's own explanation (safe to show: it never contains the value)."""
+
+
 def _parse_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError("expected true/false")
+    raise _Invalid("expected true/false")
 
 
 def _parse_port(raw: str) -> int:
     port = int(raw)
     if not 0 <= port <= 65535:
-        raise ValueError("expected a TCP port 0-65535")
+        raise _Invalid("expected a TCP port 0-65535")
     return port
 
 
 def _parse_address(raw: str) -> str:
     host, sep, port = raw.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError("expected host:port")
+        raise _Invalid("expected host:port")
     return raw
 
 
 def _parse_positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
-        raise ValueError("expected a number > 0")
+        raise _Invalid("expected a number > 0")
     return value
 
 
 def _parse_non_negative_float(raw: str) -> float:
     value = float(raw)
     if value < 0:
-        raise ValueError("expected a number >= 0")
+        raise _Invalid("expected a number >= 0")
     return value
 
 
 def _parse_positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
-        raise ValueError("expected an integer > 0")
+        raise _Invalid("expected an integer > 0")
     return value
 
 
@@ -67,11 +71,20 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
+            raise _Invalid(f"expected one of {', '.join(allowed)}")
         return value
 
     return parse
 
+
+# What each kind expects, for values that fail before a parser can explain
+# (int("x") would otherwise put the value, maybe a secret, into the message).
+EXPECTED: dict[str, str] = {
+    "port": "expected a TCP port 0-65535",
+    "positive_float": "expected a number > 0",
+    "non_negative_float": "expected a number >= 0",
+    "positive_int": "expected an integer > 0",
+}
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
@@ -159,5 +172,6 @@ def load_config(
             values[setting.name] = PARSERS[setting.kind](raw)
         except (ValueError, TypeError) as exc:
             shown = "***" if setting.secret else repr(raw)
-            raise ConfigError(f"{setting.env}={shown} is invalid: {exc}") from None
+            reason = str(exc) if isinstance(exc, _Invalid) else EXPECTED.get(setting.kind, "wrong format")
+            raise ConfigError(f"{setting.env}={shown} is invalid: {reason}") from None
     return Config(values=values, settings=settings)
