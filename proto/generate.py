@@ -21,8 +21,15 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto
-    args = ["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={OUT}", f"--pyi_out={OUT}",
-            f"--grpc_python_out={OUT}", *protos]
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{include}",
+        f"--python_out={OUT}",
+        f"--pyi_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        *protos,
+    ]
     code = protoc.main(args)
     if code != 0:
         print(f"protoc failed ({code})", file=sys.stderr)
