@@ -30,6 +30,7 @@ $(GEN)/.stamp: $(PROTOS) proto/generate.py | $(STAMP)
 
 .cache/triton/.installed: $(STAMP)
 	$(PY) -m deploy.localstack install
+	touch $@
 
 up: setup
 	$(PY) -m deploy.localstack up
