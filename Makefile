@@ -39,7 +39,7 @@ down:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; fi
 
 status: setup
-	$(VENV)/bin/prettyspace status
+	$(PY) -m deploy.localstack status
 
 demo: setup
 	$(PY) -m deploy.localstack demo

@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from services.runtime.processes import pid_alive
+
 
 def spawn(
     name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
@@ -31,21 +33,6 @@ def spawn(
         )
     finally:
         log.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child is dead for our purposes.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def stop_pid(pid: int, timeout_s: float = 20.0) -> bool:

@@ -140,6 +140,11 @@ class Stack:
 
     def service_env(self, name: str) -> dict[str, str]:
         grpc_port, metrics_port = self.layout.services[name]
+        return self.process_env(grpc_port, metrics_port)
+
+    def process_env(self, grpc_port: int, metrics_port: int, **overrides: str) -> dict[str, str]:
+        """The environment of a service process of this stack: this environment less
+        any PSS_* of its own, the stack's settings, its ports, then overrides."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PSS_")}
         env.update(self.env())
         env.update(
@@ -151,7 +156,7 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        env.update({k: v for k, v in self.extra_env.items() if k.startswith("PSS_")})
+        env.update(overrides)
         return env
 
     # -- start ------------------------------------------------------------------

@@ -37,6 +37,7 @@ from services.runtime.errors import AlreadyExists, InvalidArgument, NotFound, Se
 from services.runtime.logs import fields
 from services.runtime.metrics import JOBS_FINISHED, JOBS_RESUMED
 from services.runtime.objectstore import ObjectStore
+from services.runtime.processes import pid_alive
 
 log = logging.getLogger("prettyspace.jobs")
 
@@ -64,16 +65,6 @@ def validate_job_id(job_id: str) -> str:
     if not _ID_RE.match(job_id or ""):
         raise InvalidArgument("id", f"{job_id!r} is not a job id (lower-case letters, digits and '-')")
     return job_id
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobContext:
@@ -407,7 +398,7 @@ class JobManager:
             return True
         host, _, rest = owner.partition("/")
         pid = rest.partition("/")[0]
-        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             return False  # died on this host: no need to wait for its lease
         return float(record.get("lease_until") or 0) > time.time()
 

@@ -3,7 +3,6 @@ test stack's object store, on free ports, and stop or kill it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -89,20 +88,13 @@ def service_process(
     """``python -m <module_args>`` with the stack's PSS_* settings and its own ports."""
     grpc_port = grpc_port or free_port()
     metrics_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSS_")}
-    env.update(stack.env())
-    env.update(
-        {
-            "PSS_GRPC_HOST": "127.0.0.1",
-            "PSS_GRPC_PORT": str(grpc_port),
-            "PSS_METRICS_PORT": str(metrics_port),
-            "PSS_LOG_FORMAT": "json",
-            "PSS_JOB_LEASE_S": "3",
-            "PSS_JOB_SCAN_S": "0.5",
-            "PSS_SHUTDOWN_GRACE_S": "5",
-            "PYTHONUNBUFFERED": "1",
-        }
+    env = stack.process_env(
+        grpc_port,
+        metrics_port,
+        PSS_JOB_LEASE_S="3",
+        PSS_JOB_SCAN_S="0.5",
+        PSS_SHUTDOWN_GRACE_S="5",
+        **{f"PSS_{k.upper()}": v for k, v in settings.items()},
     )
-    env.update({f"PSS_{k.upper()}": v for k, v in settings.items()})
     log_dir.mkdir(parents=True, exist_ok=True)
     return ServiceProcess([sys.executable, "-m", *module_args], env, log_dir / f"{name}.log", grpc_port, metrics_port)
