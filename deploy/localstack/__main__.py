@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:  # a bad setting or a missing binary
+        print(f"local stack: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from deploy.localstack import procs, seaweed, triton
 from deploy.localstack.ports import free_block, free_port
 from deploy.triton import placeholder
-from services.client.addresses import LOCAL_PORTS, S3_LOCAL_PORT, SERVICES, TRITON_LOCAL_PORTS, env_name
+from services.client.addresses import SERVICES, env_name, local_ports
 from services.client.health import ComponentHealth, platform_health
 from services.runtime.errors import ServiceError
 from services.runtime.objectstore import BUCKETS, ObjectStore
@@ -54,12 +54,15 @@ class Layout:
 
     @classmethod
     def fixed(cls) -> Layout:
+        """The `make up` ports, laid out from PSS_LOCAL_PORT_BASE (services.client.addresses)."""
+        ports = local_ports()
+        triton_ports = ports["triton"]
         return cls(
-            S3_LOCAL_PORT - 6,
-            TRITON_LOCAL_PORTS["http"],
-            TRITON_LOCAL_PORTS["grpc"],
-            TRITON_LOCAL_PORTS["metrics"],
-            dict(LOCAL_PORTS),
+            ports["seaweed_base"],  # type: ignore[arg-type]
+            triton_ports["http"],  # type: ignore[index]
+            triton_ports["grpc"],  # type: ignore[index]
+            triton_ports["metrics"],  # type: ignore[index]
+            dict(ports["services"]),  # type: ignore[call-overload]
         )
 
     @classmethod

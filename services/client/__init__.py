@@ -1,7 +1,7 @@
 """Typed client library over the generated stubs; every gRPC call the project makes
 (CLI, CronJobs, service to service) goes through it."""
 
-from services.client.addresses import LOCAL_PORTS, SERVICES, address_from_env
+from services.client.addresses import SERVICES, address_from_env, local_ports
 from services.client.channel import open_channel
 from services.client.clients import (
     CLIENTS,
@@ -17,7 +17,6 @@ from services.client.clients import (
 
 __all__ = [
     "CLIENTS",
-    "LOCAL_PORTS",
     "SERVICES",
     "CrawlerClient",
     "CuratorClient",
@@ -28,5 +27,6 @@ __all__ = [
     "TrainerClient",
     "address_from_env",
     "client_for",
+    "local_ports",
     "open_channel",
 ]

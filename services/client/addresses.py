@@ -1,4 +1,10 @@
-"""Where the services are: PSS_<SERVICE>_ADDR, defaulting to the local stack's ports."""
+"""Where the services are: PSS_<SERVICE>_ADDR, defaulting to the local stack's ports.
+
+The local stack (`make up`) lays its ports out from one base, PSS_LOCAL_PORT_BASE
+(default 17000): the object store's S3 API at base+6 (SeaweedFS uses base..base+10
+and base+10009 internally), Triton's HTTP/gRPC/metrics at base+20..22, and each
+service's gRPC and metrics ports from base+30 on. Tests use free ports instead.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +12,41 @@ import os
 from collections.abc import Mapping
 
 SERVICES: tuple[str, ...] = ("crawler", "cutouts", "curator", "trainer", "gateway")
+DEFAULT_LOCAL_PORT_BASE = 17000
 
-# The fixed layout of `make up` (tests use free ports instead): the object store's
-# S3 API, Triton's HTTP/gRPC/metrics, then each service's gRPC and metrics ports.
-S3_LOCAL_PORT = 17006
-TRITON_LOCAL_PORTS = {"http": 17020, "grpc": 17021, "metrics": 17022}
-LOCAL_PORTS: dict[str, tuple[int, int]] = {name: (17030 + 2 * i, 17031 + 2 * i) for i, name in enumerate(SERVICES)}
+
+def local_port_base(environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    raw = env.get("PSS_LOCAL_PORT_BASE") or str(DEFAULT_LOCAL_PORT_BASE)
+    if not raw.isdigit() or not 1024 <= int(raw) <= 54000:
+        raise ValueError(f"PSS_LOCAL_PORT_BASE={raw!r} is invalid: expected a port between 1024 and 54000")
+    return int(raw)
+
+
+def local_ports(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The `make up` layout: {"seaweed_base", "s3", "triton": {...}, "services": {name: (grpc, metrics)}}."""
+    base = local_port_base(environ)
+    return {
+        "seaweed_base": base,
+        "s3": base + 6,
+        "triton": {"http": base + 20, "grpc": base + 21, "metrics": base + 22},
+        "services": {name: (base + 30 + 2 * i, base + 31 + 2 * i) for i, name in enumerate(SERVICES)},
+    }
 
 
 def env_name(component: str) -> str:
     return f"PSS_{component.upper().replace('-', '_')}_ADDR"
 
 
-def local_address(component: str) -> str:
+def local_address(component: str, environ: Mapping[str, str] | None = None) -> str:
+    ports = local_ports(environ)
     if component == "triton":
-        return f"127.0.0.1:{TRITON_LOCAL_PORTS['grpc']}"
-    return f"127.0.0.1:{LOCAL_PORTS[component][0]}"
+        return f"127.0.0.1:{ports['triton']['grpc']}"  # type: ignore[index]
+    return f"127.0.0.1:{ports['services'][component][0]}"  # type: ignore[index]
 
 
 def address_from_env(component: str, environ: Mapping[str, str] | None = None) -> str:
     """PSS_CRAWLER_ADDR etc. (PSS_TRITON_GRPC_ADDR for Triton), else the local stack's."""
     env = os.environ if environ is None else environ
     name = "PSS_TRITON_GRPC_ADDR" if component == "triton" else env_name(component)
-    return env.get(name) or local_address(component)
+    return env.get(name) or local_address(component, env)

@@ -9,14 +9,15 @@ from collections.abc import Iterable
 import grpc
 
 from services.api import gateway_pb2, gateway_pb2_grpc
+from services.client.addresses import local_address
 from services.runtime.config import Setting
 from services.runtime.server import ServiceContext, ServiceSpec
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 SETTINGS = (
-    Setting("TRITON_GRPC_ADDR", "address", "127.0.0.1:8001", "Triton gRPC endpoint host:port"),
-    Setting("CUTOUTS_ADDR", "address", "127.0.0.1:17032", "cutouts service host:port"),
+    Setting("TRITON_GRPC_ADDR", "address", local_address("triton"), "Triton gRPC endpoint host:port"),
+    Setting("CUTOUTS_ADDR", "address", local_address("cutouts"), "cutouts service host:port"),
 )
 
 
