@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from deploy.localstack.ports import free_port
-from deploy.localstack.stack import REPO_ROOT, Stack
+from deploy.localstack.stack import REPO_ROOT, Stack, StackError
+from services.client.addresses import address_from_env, local_ports
 from services.runtime.config import ConfigError, Setting, load_config
 
 BASE = {"PSS_S3_ENDPOINT": "127.0.0.1:9000", "PSS_S3_ACCESS_KEY": "k", "PSS_S3_SECRET_KEY": "s"}
@@ -113,3 +115,26 @@ def test_unknown_service_name_is_refused() -> None:
         [sys.executable, "-m", "services", "telescope"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2 and "unknown service 'telescope'" in done.stderr
+
+
+def test_local_port_layout_moves_with_its_base() -> None:
+    ports = local_ports({"PSS_LOCAL_PORT_BASE": "18000"})
+    assert ports["s3"] == 18006 and ports["triton"]["grpc"] == 18021
+    assert ports["services"]["crawler"] == (18030, 18031) and ports["services"]["gateway"] == (18038, 18039)
+    assert address_from_env("cutouts", {"PSS_LOCAL_PORT_BASE": "18000"}) == "127.0.0.1:18032"
+    assert address_from_env("cutouts", {"PSS_CUTOUTS_ADDR": "cutouts:50051"}) == "cutouts:50051"
+    with pytest.raises(ValueError, match="PSS_LOCAL_PORT_BASE='80'"):
+        local_ports({"PSS_LOCAL_PORT_BASE": "80"})
+
+
+def test_stack_start_with_a_port_in_use_names_the_component(tmp_path: Path) -> None:
+    stack = Stack.ephemeral(tmp_path / "st", services=("crawler",), with_triton=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", stack.layout.services["crawler"][0]))
+        busy.listen()
+        with pytest.raises(StackError) as info:
+            stack.start(timeout_s=60)
+    message = str(info.value)
+    assert "crawler exited during start-up" in message
+    assert "cannot listen for gRPC" in message and "PSS_GRPC_PORT" in message
+    assert stack.pids == {}  # what had started was stopped again
