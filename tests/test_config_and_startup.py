@@ -138,3 +138,29 @@ def test_stack_start_with_a_port_in_use_names_the_component(tmp_path: Path) -> N
     assert "crawler exited during start-up" in message
     assert "cannot listen for gRPC" in message and "PSS_GRPC_PORT" in message
     assert stack.pids == {}  # what had started was stopped again
+
+
+def test_bootstrap_buckets_is_idempotent_and_fails_clearly(stack: Stack) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSS_")}
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "services", "bootstrap-buckets"],
+            env={**env, **stack.env()},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "buckets ready: archive, crawl-state, cutouts, curation, datasets, models, jobs" in done.stdout
+        assert "(created: none)" in done.stdout  # the stack made them already
+    done = subprocess.run(
+        [sys.executable, "-m", "services", "bootstrap-buckets"],
+        env={**env, **stack.env(), "PSS_S3_ENDPOINT": f"127.0.0.1:{free_port()}"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("bootstrap-buckets: object store at") and "Traceback" not in done.stderr
