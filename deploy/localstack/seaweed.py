@@ -82,6 +82,9 @@ def weed_command(data_dir: Path, ports: SeaweedPorts, identities: Path) -> list[
         f"-admin.port={b + 9}",
         f"-admin.port.grpc={b + 10009}",
         "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=16",
+        # Volumes of 256 MB, as many as the disk holds (0 = free space / size);
+        # overwritten bytes come back at the master's vacuum, every 5 minutes here.
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=0",
+        "-master.vacuumIntervalSeconds=300",
     ]

@@ -99,11 +99,15 @@ def _reason(exc: BaseException) -> str:
 
 
 class _HashingReader(io.RawIOBase):
-    """A file-like view of an iterable of chunks that hashes what is read."""
+    """A file-like view of an iterable of chunks that hashes what is read.
+
+    A bytearray buffer: minio reads a whole part (16 MiB) at a time, and
+    rebuilding an immutable bytes buffer per small chunk would cost quadratic time.
+    """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._buffer = bytearray()
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -113,14 +117,12 @@ class _HashingReader(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         while n < 0 or len(self._buffer) < n:
             try:
-                chunk = next(self._chunks)
+                self._buffer += next(self._chunks)
             except StopIteration:
                 break
-            self._buffer += chunk
-        if n < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        take = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+        data = bytes(self._buffer[:take])
+        del self._buffer[:take]
         self.sha256.update(data)
         self.size += len(data)
         return data
@@ -314,17 +316,22 @@ class ObjectStore:
         return self.stat(bucket, key) is not None
 
     def get_bytes(self, bucket: str, key: str, *, verify: bool = True) -> bytes:
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
         with self._errors(bucket, key):
             response = self.client.get_object(bucket, key)
             try:
-                data = response.read()
+                # Hash while the bytes arrive rather than in a second pass.
+                for chunk in response.stream(_CHUNK):
+                    digest.update(chunk)
+                    parts.append(chunk)
                 expected = _user_metadata(response.headers).get(SHA256_META, "")
             finally:
                 response.close()
                 response.release_conn()
         if verify:
-            self._verify(bucket, key, expected, hashlib.sha256(data).hexdigest())
-        return data
+            self._verify(bucket, key, expected, digest.hexdigest())
+        return b"".join(parts)
 
     def get_json(self, bucket: str, key: str) -> Any:
         return json.loads(self.get_bytes(bucket, key))
