@@ -4,13 +4,14 @@ politeness (how many requests, to what, with which headers, answered how)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -90,6 +91,9 @@ class ReplicaServer:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        # Every replica answers these, for the local stack and for tests in another process.
+        self.route("GET", r"/_replica/health", lambda _: Response(200, b"ok", content_type="text/plain"))
+        self.route("GET", r"/_replica/requests", self._requests_json)
 
     # -- routes --------------------------------------------------------------
 
@@ -142,6 +146,11 @@ class ReplicaServer:
     def reset_log(self) -> None:
         with self._lock:
             self.requests.clear()
+
+    def _requests_json(self, _: Request) -> Response:
+        with self._lock:
+            entries = [asdict(r) for r in self.requests if not r.path.startswith("/_replica/")]
+        return Response(200, json.dumps(entries).encode(), content_type="application/json")
 
     # -- dispatch -----------------------------------------------------------------
 
