@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -60,6 +61,15 @@ class LoggedRequest:
 Handler = Callable[[Request], Response]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that drop their connection (astroquery does, between calls) are not errors."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class ReplicaServer:
     """Routes ``(method, regex) -> handler``; named groups of the regex reach the
     handler as ``request.match``. Start with ``start()`` (background thread) or
@@ -74,6 +84,9 @@ class ReplicaServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without this, keep-alive clients wait
+            # for a delayed ACK (~40 ms) before each body.
+            disable_nagle_algorithm = True
             server_version = f"prettyspace-replica-{name}"
 
             def do_GET(self) -> None:
@@ -85,10 +98,13 @@ class ReplicaServer:
             def do_POST(self) -> None:
                 replica._dispatch(self, "POST")
 
+            def do_DELETE(self) -> None:  # UWS job deletion (pyvo deletes after run_async)
+                replica._dispatch(self, "DELETE")
+
             def log_message(self, format: str, *args: Any) -> None:
                 return  # our own request log replaces stderr noise
 
-        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server = _QuietServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         # Every replica answers these, for the local stack and for tests in another process.
@@ -165,6 +181,11 @@ class ReplicaServer:
         headers = {k.lower(): v for k, v in http.headers.items()}
         response = self._handle(method, parts.path, query, headers, body)
         payload = b"" if method == "HEAD" else response.body
+        # Logged before the answer leaves, so a client that got its answer finds its entry.
+        with self._lock:
+            self.requests.append(
+                LoggedRequest(time.time(), method, parts.path, parts.query, response.status, len(payload), headers)
+            )
         try:
             http.send_response(response.status)
             http.send_header("Content-Type", response.content_type)
@@ -176,10 +197,6 @@ class ReplicaServer:
                 http.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a test's timeout, a cancelled crawl)
-        with self._lock:
-            self.requests.append(
-                LoggedRequest(time.time(), method, parts.path, parts.query, response.status, len(payload), headers)
-            )
 
     def _handle(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
