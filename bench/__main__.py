@@ -11,12 +11,14 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from bench import objectstore_throughput, stack_startup
+from bench import objectstore_throughput, replica_pages, stack_startup, universe_render
 from bench.common import write_results
 
 BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "stack": ("stack_startup", stack_startup),
     "objectstore": ("objectstore_throughput", objectstore_throughput),
+    "universe": ("universe_render", universe_render),
+    "replicas": ("replica_pages", replica_pages),
 }
 
 

@@ -20,6 +20,7 @@ from deploy.localstack.stack import PLACEHOLDER_MODEL, Stack
 from deploy.triton import placeholder
 from services.api import common_pb2, crawler_pb2
 from services.client import SERVICES, client_for
+from services.client.addresses import REPLICAS
 from services.client.channel import open_channel
 
 pytestmark = pytest.mark.stack
@@ -42,7 +43,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def test_every_component_is_healthy(stack: Stack) -> None:
     health = {h.name: h for h in stack.health()}
-    assert set(health) == {*SERVICES, "triton", "object-store"}
+    assert set(health) == {*SERVICES, "triton", "object-store", *(f"replica:{r}" for r in REPLICAS)}
     assert all(h.ok for h in health.values()), health
     assert PLACEHOLDER_MODEL in health["triton"].detail
 

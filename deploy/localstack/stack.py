@@ -14,6 +14,7 @@ import secrets
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from deploy.localstack import procs, seaweed, triton
 from deploy.localstack.ports import free_block, free_port
 from deploy.triton import placeholder
-from services.client.addresses import SERVICES, env_name, local_ports
+from services.client.addresses import REPLICA_URL_SETTINGS, REPLICAS, SERVICES, env_name, local_ports
 from services.client.health import ComponentHealth, platform_health
 from services.runtime.errors import ServiceError
 from services.runtime.objectstore import BUCKETS, ObjectStore
@@ -47,6 +48,7 @@ class Layout:
     triton_grpc: int
     triton_metrics: int
     services: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (grpc, metrics)
+    replicas: dict[str, int] = field(default_factory=dict)  # esahubble, esawebb, hips2fits, gaia -> port
 
     @property
     def s3_endpoint(self) -> str:
@@ -63,6 +65,7 @@ class Layout:
             triton_ports["grpc"],  # type: ignore[index]
             triton_ports["metrics"],  # type: ignore[index]
             dict(ports["services"]),  # type: ignore[call-overload]
+            dict(ports["replicas"]),  # type: ignore[call-overload]
         )
 
     @classmethod
@@ -73,6 +76,7 @@ class Layout:
             free_port(),
             free_port(),
             {name: (free_port(), free_port()) for name in services},
+            {name: free_port() for name in REPLICAS},
         )
 
 
@@ -85,6 +89,7 @@ class Stack:
     cache_dir: Path = DEFAULT_CACHE
     services: tuple[str, ...] = SERVICES
     with_triton: bool = True
+    with_replicas: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
@@ -138,8 +143,20 @@ class Stack:
         }
         for name, (grpc_port, _) in self.layout.services.items():
             env[env_name(name)] = f"127.0.0.1:{grpc_port}"
+        if self.with_replicas:
+            env.update({REPLICA_URL_SETTINGS[name]: url for name, url in self.replica_urls().items()})
         env.update(self.extra_env)
         return env
+
+    def replica_urls(self) -> dict[str, str]:
+        """Base URL of each replica of a real site (where the production setting would
+        name esahubble.org, alasky.cds.unistra.fr/hips-image-services/hips2fits, …)."""
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in self.layout.replicas.items()}
+        if "hips2fits" in urls:
+            urls["hips2fits"] += "/hips-image-services/hips2fits"
+        if "gaia" in urls:
+            urls["gaia"] += "/tap-server/tap"
+        return urls
 
     def service_env(self, name: str) -> dict[str, str]:
         grpc_port, metrics_port = self.layout.services[name]
@@ -182,6 +199,11 @@ class Stack:
                 ).pid
             if self.with_triton:
                 self.pids["triton"] = procs.spawn("triton", *triton_proc_args, self.log_dir).pid
+            if self.with_replicas:
+                say(f"replicas of the real sites: {', '.join(f'{n} :{p}' for n, p in self.layout.replicas.items())}")
+                self.pids["replicas"] = procs.spawn(
+                    "replicas", self._replica_argv(), os.environ, self.log_dir, REPO_ROOT
+                ).pid
             self._save_state()
             say(f"services: {', '.join(self.services)}")
             self.wait_healthy(max(timeout_s - (time.monotonic() - started), 10.0))
@@ -235,6 +257,11 @@ class Stack:
         env = triton.triton_env(install, os.environ, self.access_key, self.secret_key)
         return argv, env
 
+    def _replica_argv(self) -> list[str]:
+        ports = ",".join(str(self.layout.replicas[name]) for name in REPLICAS)
+        cache = self.cache_dir / "universe"
+        return [sys.executable, "-m", "services.universe.replicas", "--ports", ports, "--cache", str(cache)]
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -258,7 +285,13 @@ class Stack:
         env = self.env()
         components = platform_health(env, timeout_s)
         wanted = {*self.services, "object-store", *(("triton",) if self.with_triton else ())}
-        return [c for c in components if c.name in wanted]
+        components = [c for c in components if c.name in wanted]
+        if self.with_replicas:
+            components += [
+                replica_health(name, f"http://127.0.0.1:{port}", timeout_s)
+                for name, port in self.layout.replicas.items()
+            ]
+        return components
 
     def _failure(self, component: str, message: str) -> str:
         log = self.log_dir / f"{component}.log"
@@ -272,6 +305,7 @@ class Stack:
             "pids": self.pids,
             "services": list(self.services),
             "with_triton": self.with_triton,
+            "with_replicas": self.with_replicas,
             "access_key": self.access_key,
             "secret_key": self.secret_key,
         }
@@ -297,6 +331,7 @@ class Stack:
             state["secret_key"],
             services=tuple(state["services"]),
             with_triton=state["with_triton"],
+            with_replicas=state.get("with_replicas", False),
             pids={k: int(v) for k, v in state["pids"].items()},
         )
 
@@ -306,9 +341,9 @@ class Stack:
     def stop(self, timeout_s: float = 20.0) -> dict[str, bool]:
         """Services first (they drain, all at once), then Triton and the object store.
         Returns, for each component, whether it had to be killed."""
-        services = [n for n in self.pids if n not in ("triton", "s3")]
+        services = [n for n in self.pids if n not in ("replicas", "triton", "s3")]
         killed: dict[str, bool] = {}
-        for group in (services, [n for n in ("triton", "s3") if n in self.pids]):
+        for group in (services, [n for n in ("replicas", "triton", "s3") if n in self.pids]):
             with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
                 results = pool.map(lambda n: procs.stop_pid(self.pids[n], timeout_s), group)
                 killed.update(zip(group, results, strict=True))
@@ -316,6 +351,15 @@ class Stack:
         if self.state_file.exists():
             self.state_file.unlink()
         return killed
+
+
+def replica_health(name: str, url: str, timeout_s: float) -> ComponentHealth:
+    try:
+        with urllib.request.urlopen(f"{url}/_replica/health", timeout=timeout_s) as response:
+            ok = response.status == 200
+    except OSError as exc:
+        return ComponentHealth(f"replica:{name}", url, "UNREACHABLE", str(exc)[:80])
+    return ComponentHealth(f"replica:{name}", url, "SERVING" if ok else "NOT_SERVING")
 
 
 def stack_env(root: Path = DEFAULT_ROOT) -> Mapping[str, str]:

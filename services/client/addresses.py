@@ -3,7 +3,8 @@
 The local stack (`make up`) lays its ports out from one base, PSS_LOCAL_PORT_BASE
 (default 17000): the object store's S3 API at base+6 (SeaweedFS uses base..base+10
 and base+10009 internally), Triton's HTTP/gRPC/metrics at base+20..22, and each
-service's gRPC and metrics ports from base+30 on. Tests use free ports instead.
+service's gRPC and metrics ports from base+30 on, the replicas of the real sites
+at base+40..43. Tests use free ports instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import os
 from collections.abc import Mapping
 
 SERVICES: tuple[str, ...] = ("crawler", "cutouts", "curator", "trainer", "gateway")
+# The local stand-ins of the real sites (services/universe/replicas), and the setting
+# through which the platform reaches each (the real site's URL in production).
+REPLICAS: tuple[str, ...] = ("esahubble", "esawebb", "hips2fits", "gaia")
+REPLICA_URL_SETTINGS = {
+    "esahubble": "PSS_ESAHUBBLE_URL",
+    "esawebb": "PSS_ESAWEBB_URL",
+    "hips2fits": "PSS_HIPS2FITS_URL",
+    "gaia": "PSS_GAIA_TAP_URL",
+}
 DEFAULT_LOCAL_PORT_BASE = 17000
 
 
@@ -31,6 +41,7 @@ def local_ports(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         "s3": base + 6,
         "triton": {"http": base + 20, "grpc": base + 21, "metrics": base + 22},
         "services": {name: (base + 30 + 2 * i, base + 31 + 2 * i) for i, name in enumerate(SERVICES)},
+        "replicas": {name: base + 40 + i for i, name in enumerate(REPLICAS)},
     }
 
 
