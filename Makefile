@@ -10,7 +10,7 @@ GEN := services/api/generated
 PROTOS := $(wildcard proto/prettyspace/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: setup proto up down status demo test lint bench k8s clean
+.PHONY: setup proto up down status demo test lint bench k8s replicas clean
 
 setup: $(STAMP) $(GEN)/.stamp .cache/triton/.installed
 
@@ -53,6 +53,10 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The replicas of the real sites alone, for poking at them (Ctrl-C stops them).
+replicas: setup
+	$(PY) -m services.universe.replicas
 
 k8s: setup
 	@for o in k8s/overlays/*/; do echo "--- $$o"; $(VENV)/bin/kubectl kustomize $$o >/dev/null && echo ok; done

@@ -154,3 +154,30 @@ def test_cli_status_fails_when_a_service_is_down(stack: Stack) -> None:
     )
     assert out.returncode == 1
     assert any(line.startswith("!! gateway") and "UNREACHABLE" in line for line in out.stdout.splitlines())
+
+
+def test_replicas_of_the_real_sites_are_reachable_through_the_stack_settings(stack: Stack) -> None:
+    """The settings the platform will read (PSS_*_URL) lead to working replicas."""
+    from astropy import units as u
+    from astropy.coordinates import Angle, Latitude, Longitude
+    from astropy.io import fits
+    from astroquery.hips2fits import hips2fitsClass
+
+    env = stack.env()
+    with urllib.request.urlopen(env["PSS_ESAHUBBLE_URL"] + "/robots.txt", timeout=10) as response:
+        assert "Disallow: /admin/" in response.read().decode()
+    hips2fits = hips2fitsClass()
+    hips2fits.server = env["PSS_HIPS2FITS_URL"]
+    hdul = hips2fits.query(
+        hips="CDS/P/DSS2/color",
+        width=64,
+        height=48,
+        ra=Longitude(10 * u.deg),
+        dec=Latitude(20 * u.deg),
+        fov=Angle(0.02 * u.deg),
+        projection="TAN",
+        format="fits",
+    )
+    assert isinstance(hdul, fits.HDUList) and hdul[0].data.shape == (3, 48, 64)
+    with urllib.request.urlopen(env["PSS_GAIA_TAP_URL"] + "/availability", timeout=10) as response:
+        assert response.status == 200
