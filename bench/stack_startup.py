@@ -74,7 +74,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     memories: list[dict[str, dict[str, float]]] = []
     for _ in range(repeats):
         starts["interpreter"].append(_interpreter_start())
-        start_s, stop_s, _mem = _stack_run(False, services=(), with_triton=False)
+        start_s, stop_s, _mem = _stack_run(False, services=(), with_triton=False, with_replicas=False)
         starts["object_store"].append(start_s)
         stops["object_store"].append(stop_s)
         start_s, stop_s, mem = _stack_run(True)

@@ -20,12 +20,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from deploy.localstack import procs
 from deploy.localstack.triton import (
     TritonInstall,
     TritonStartError,
     install_triton,
-    start_triton,
-    stop_triton,
     triton_command,
     triton_env,
     wait_triton_ready,
@@ -75,9 +74,9 @@ def _launch(
 ) -> Server:
     http, grpc, metrics = _free_ports(3)
     cmd = triton_command(install, str(repository), http, grpc, metrics, models)
-    proc = start_triton(cmd, triton_env(install, os.environ), log)
+    proc = procs.spawn(log.stem, cmd, triton_env(install, os.environ), log.parent)
     # Registered before waiting, so a server that never gets ready is stopped too.
-    request.addfinalizer(lambda: stop_triton(proc))
+    request.addfinalizer(lambda: procs.stop_pid(proc.pid, 15.0))
     return Server(f"127.0.0.1:{grpc}", proc, log, repository)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -200,35 +199,6 @@ def triton_env(
     # Otherwise the AWS SDK probes the EC2 metadata endpoint on start.
     env.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     return env
-
-
-def start_triton(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start tritonserver with stdout/stderr in `log_path`, in its own
-    process group so stop_triton also reaches the Python stub processes."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            cmd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop_triton(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM lets Triton unload models and end its stubs; if it hangs,
-    SIGKILL its whole process group (stubs included)."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        # Not yet reaped, so the group id (= its pid) is still ours.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def wait_triton_ready(

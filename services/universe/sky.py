@@ -32,17 +32,8 @@ from services.universe.cells import Layer, angular_separation_deg
 
 DEFAULT_SEED: int = 20261121
 
-STAR_COLUMNS = (
-    "source_id",
-    "ra",
-    "dec",
-    "phot_g_mean_mag",
-    "phot_bp_mean_mag",
-    "phot_rp_mean_mag",
-    "pmra",
-    "pmdec",
-    "parallax",
-)
+# The Gaia columns every star carries, real or synthetic.
+STAR_COLUMNS = realdata.GAIA_COLUMNS
 
 
 # What each layer generates: layer -> (generator, magnitude from, to).
