@@ -422,29 +422,21 @@ class ArchiveReplica:
 
     def _image(self, request: Request) -> Response:
         fmt = request.match["fmt"]
+        return self._file(request, fmt, "image/jpeg") if fmt in FORMATS else _not_found()
+
+    def _original(self, request: Request) -> Response:
+        return self._file(request, "original", "image/tiff")
+
+    def _file(self, request: Request, fmt: str, mime: str) -> Response:
+        """An image file at one size, with validators and ranges like the CDN."""
         obs = self._state.by_file.get(request.match["file"])
-        if fmt not in FORMATS or obs is None or self._image_status(obs, fmt) != 200:
-            return Response(404, b"<html><body><h1>404 Not Found</h1></body></html>", content_type=HTML)
+        if obs is None or self._image_status(obs, fmt) != 200:
+            return _not_found()
         body = self.images.get(obs, fmt)
         return respond(
             request,
             body,
-            "image/jpeg",
-            file_etag(obs.modified, len(body)),
-            obs.modified,
-            ranges=True,
-            cache_control="public, max-age=86400",
-        )
-
-    def _original(self, request: Request) -> Response:
-        obs = self._state.by_file.get(request.match["file"])
-        if obs is None or self._image_status(obs, "original") != 200:
-            return Response(404, b"<html><body><h1>404 Not Found</h1></body></html>", content_type=HTML)
-        body = self.images.get(obs, "original")
-        return respond(
-            request,
-            body,
-            "image/tiff",
+            mime,
             file_etag(obs.modified, len(body)),
             obs.modified,
             ranges=True,
@@ -480,3 +472,7 @@ def _d2d_date(value: str | None) -> datetime | None:
         return datetime.strptime(value, "%Y%m%d%H%M%S"[: {8: 6, 12: 10, 14: 12}[len(value)]])
     except ValueError:
         return None
+
+
+def _not_found() -> Response:
+    return Response(404, b"<html><body><h1>404 Not Found</h1></body></html>", content_type=HTML)
