@@ -181,3 +181,17 @@ def test_replicas_of_the_real_sites_are_reachable_through_the_stack_settings(sta
     assert isinstance(hdul, fits.HDUList) and hdul[0].data.shape == (3, 48, 64)
     with urllib.request.urlopen(env["PSS_GAIA_TAP_URL"] + "/availability", timeout=10) as response:
         assert response.status == 200
+
+
+def test_demo_preview_shows_both_views_of_the_same_fields(stack: Stack, tmp_path) -> None:
+    from PIL import Image
+
+    from deploy.localstack.demo import preview_embedded_sky
+
+    paths = preview_embedded_sky(stack, tmp_path, count=2)
+    assert len(paths) == 2
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("L"), dtype=float)
+        half = image.shape[1] // 2
+        # Neither view is blank: the survey (left) and the outreach image (right) both show the field.
+        assert image[30:, : half - 10].std() > 3 and image[30:, half + 10 :].std() > 3

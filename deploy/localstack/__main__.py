@@ -14,6 +14,7 @@ import sys
 import time
 
 from deploy.localstack import triton
+from deploy.localstack.demo import preview_embedded_sky
 from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
 
 
@@ -79,10 +80,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = cmd_up(args)
     if code:
         return code
+    stack = Stack.load(DEFAULT_ROOT)
+    assert stack is not None
+    print("\nthe embedded sky, seen as the survey and as the archive shows it:")
+    for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
+        print(f"  {path}")
     print(
         "\nThe platform is up: an S3 object store, Triton serving the bicubic_x4 baseline from the\n"
-        "`models` bucket, and the crawler, cutouts, curator, trainer and gateway services, all healthy.\n"
-        "Ask it yourself: .venv/bin/prettyspace status  (with the settings of .stack/stack.env)"
+        "`models` bucket, the crawler, cutouts, curator, trainer and gateway services, and replicas of\n"
+        "esahubble.org, esawebb.org, CDS hips2fits and the Gaia TAP serving the local sky, all healthy.\n"
+        f"Browse the Hubble archive replica: {stack.env()['PSS_ESAHUBBLE_URL']}/images/archive/search/\n"
+        "Ask the platform yourself: .venv/bin/prettyspace status  (with the settings of .stack/stack.env)"
     )
     return 0
 
