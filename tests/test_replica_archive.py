@@ -691,3 +691,17 @@ def test_request_log_and_admin_endpoints(replicas: dict[str, ArchiveReplica]) ->
     remote = json.loads(fetch(f"{replica.url}/_replica/truth")[2])
     assert remote["observations"].keys() == replica.observations().keys() and remote["site"] == "esahubble"
     assert fetch(f"{replica.url}/_replica/generation?n=x", method="POST")[0] == 400
+
+
+def test_catalogue_kept_on_disk_is_the_one_the_code_makes(tmp_path: Path) -> None:
+    from services.universe.replicas.archive_catalogue import base_catalogue, cached_base_catalogue
+
+    sky = Sky()
+    first = cached_base_catalogue(sky, "esawebb", tmp_path)  # computed, then written
+    (written,) = (tmp_path / "catalogues").iterdir()
+    again = cached_base_catalogue(sky, "esawebb", tmp_path)  # read back
+    fresh = base_catalogue(sky, "esawebb")
+    assert [o.id for o in again] == [o.id for o in first] == [o.id for o in fresh]
+    assert [repr(o) for o in again] == [repr(o) for o in fresh]
+    written.write_bytes(b"not a pickle")  # a damaged cache is recomputed, not trusted
+    assert [o.id for o in cached_base_catalogue(sky, "esawebb", tmp_path)] == [o.id for o in fresh]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from services.universe.replicas import archive_pages as pages
-from services.universe.replicas.archive_catalogue import PROFILES, SITES, Observation, base_catalogue
+from services.universe.replicas.archive_catalogue import PROFILES, SITES, Observation, cached_base_catalogue
 from services.universe.replicas.archive_generations import Changes, apply_generation, generation_date
 from services.universe.replicas.archive_http import file_etag, page_etag, respond
 from services.universe.replicas.archive_images import FORMATS, ImageStore, ServedSizes
@@ -87,7 +87,7 @@ class ArchiveReplica:
         self.retry_after_s = retry_after_s
         self.original_max_px = original_max_px
         self.server = ReplicaServer(site, port=port)
-        self._base = base_catalogue(sky, site)
+        self._base = cached_base_catalogue(sky, site, Path(cache_dir))
         self._used_sources = {o.source_id for o in self._base if o.source_id}
         self._throttled: set[str] = set()
         self._lock = threading.Lock()

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import pickle
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -546,3 +549,31 @@ def base_catalogue(sky: Sky, site: str) -> list[Observation]:
     observations += [_synthetic_observation(sky, profile, first_art + i, "artwork") for i in range(N_ARTWORK)]
     observations = _assign_ids(observations, profile, sky.seed, set())
     return sorted(observations, key=lambda o: (o.release, o.id), reverse=True)
+
+
+def _code_digest() -> str:
+    """A digest of the universe's code: a cached catalogue is reused only by the code that made it."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_base_catalogue(sky: Sky, site: str, cache_dir: Path) -> list[Observation]:
+    """base_catalogue, kept on disk: choosing the fields takes seconds (a whole-sky landmark
+    search), and the result depends only on the code, the site and the seed."""
+    path = Path(cache_dir) / "catalogues" / f"{site}-{sky.seed}-{_code_digest()}.pickle"
+    try:
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        pass
+    observations = base_catalogue(sky, site)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(observations, fh)
+    os.replace(tmp, path)  # atomic: a parallel reader sees all of it or nothing
+    return observations
