@@ -54,7 +54,7 @@ def _serve(cache_dir: str, static_dir: str, pipe: Any) -> None:
     jpeg = urllib.request.urlopen(entry["served"]["screen"]["url"], timeout=600).read()  # renders it once
     render_s = time.perf_counter() - started
     (Path(static_dir) / "static.jpg").write_bytes(jpeg)
-    replica.server.route("GET", r"/_bench/static\.jpg", lambda _: Response(200, jpeg, {}, "image/jpeg"))
+    replica.route("GET", r"/_bench/static\.jpg", lambda _: Response(200, jpeg, {}, "image/jpeg"))
     files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_KeepAliveFiles, directory=static_dir))
     files.daemon_threads = True
     threading.Thread(target=files.serve_forever, daemon=True).start()

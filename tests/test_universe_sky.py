@@ -294,3 +294,10 @@ def test_catalogue_positions_land_where_the_wcs_says(name, view, ra, dec, scale,
     assert errors.max() < 0.3, errors
     # no systematic shift (a convention error would show as one: half a pixel, a flip)
     assert np.hypot(*offsets.mean(axis=0)) < 0.1, offsets.mean(axis=0)
+
+
+def test_sdss_footprint_covers_about_a_third_of_the_sky() -> None:
+    """The real SDSS9 HiPS covers about 36 % of the sky (SITES.md); the local one likewise."""
+    from services.universe.footprints import sdss_sky_fraction
+
+    assert 0.30 < sdss_sky_fraction() < 0.42

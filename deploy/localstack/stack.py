@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,8 +360,3 @@ def replica_health(name: str, url: str, timeout_s: float) -> ComponentHealth:
     except OSError as exc:
         return ComponentHealth(f"replica:{name}", url, "UNREACHABLE", str(exc)[:80])
     return ComponentHealth(f"replica:{name}", url, "SERVING" if ok else "NOT_SERVING")
-
-
-def stack_env(root: Path = DEFAULT_ROOT) -> Mapping[str, str]:
-    stack = Stack.load(root)
-    return stack.env() if stack else {}

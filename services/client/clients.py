@@ -112,9 +112,6 @@ class ServiceClient:
             )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
-
     def close(self) -> None:
         self.channel.close()
 

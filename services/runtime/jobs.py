@@ -135,10 +135,6 @@ class JobContext:
         self.store.put_json(JOBS_BUCKET, self._manager._key(self.job_id, "checkpoint.json"), dict(state))
         self._changed(force=True)
 
-    @property
-    def should_stop(self) -> bool:
-        return self._manager._stopping.is_set() or self.cancel_requested.is_set()
-
     def check(self) -> None:
         """Call between units of work: raises when the job must stop now."""
         if self.cancel_requested.is_set():

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import urllib3
 from minio import Minio
@@ -364,11 +364,6 @@ class ObjectStore:
                 os.unlink(tmp)
             raise
         return ObjectInfo(bucket, key, size, headers.get("ETag", "").strip('"'), digest.hexdigest(), "", None, meta)
-
-    def open_stream(self, bucket: str, key: str) -> BinaryIO:
-        """A raw, unverified stream (ranged readers, proxies). Close it when done."""
-        with self._errors(bucket, key):
-            return self.client.get_object(bucket, key)  # type: ignore[return-value]
 
     @staticmethod
     def _verify(bucket: str, key: str, expected: str, actual: str) -> None:

@@ -37,11 +37,6 @@ class Layer:
     def cell_area_deg2(self) -> float:
         return float(self.healpix.pixel_area.to_value(u.deg**2))
 
-    @cached_property
-    def cell_radius_deg(self) -> float:
-        """Generous bound of a cell's centre-to-corner distance."""
-        return 1.5 * float(self.healpix.pixel_resolution.to_value(u.deg))
-
     def cells_in_cone(self, ra_deg: float, dec_deg: float, radius_deg: float) -> np.ndarray:
         """Every cell that overlaps the cone (partially included)."""
         radius = min(float(radius_deg), 180.0)

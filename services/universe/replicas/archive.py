@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -29,7 +28,7 @@ from services.universe.replicas.archive_catalogue import PROFILES, SITES, Observ
 from services.universe.replicas.archive_generations import Changes, apply_generation, generation_date
 from services.universe.replicas.archive_http import file_etag, page_etag, respond
 from services.universe.replicas.archive_images import FORMATS, ImageStore, ServedSizes
-from services.universe.replicas.httpbase import LoggedRequest, ReplicaServer, Request, Response
+from services.universe.replicas.httpbase import ReplicaServer, Request, Response
 
 if TYPE_CHECKING:
     from services.universe.sky import Sky
@@ -54,7 +53,9 @@ class _State:
         return max(newest, generation_date(self.generation)) if self.generation else newest
 
 
-class ArchiveReplica:
+class ArchiveReplica(ReplicaServer):
+    """One ESA archive site (esahubble or esawebb) served from the local sky."""
+
     def __init__(
         self,
         site: str,
@@ -86,44 +87,14 @@ class ArchiveReplica:
         self.slow_page_s = slow_page_s
         self.retry_after_s = retry_after_s
         self.original_max_px = original_max_px
-        self.server = ReplicaServer(site, port=port)
+        super().__init__(site, port=port)
         self._base = cached_base_catalogue(sky, site, Path(cache_dir))
         self._used_sources = {o.source_id for o in self._base if o.source_id}
         self._throttled: set[str] = set()
-        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._bodies: dict[tuple[Any, ...], bytes] = {}  # rendered documents, per generation
         self._state = self._make_state(generation)
-        self._routes()
-
-    # -- lifecycle and request log -----------------------------------------------------
-
-    def start(self) -> ArchiveReplica:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def requests(self) -> list[LoggedRequest]:
-        return self.server.requests
-
-    def count(self, path_regex: str = ".*", method: str | None = None, status: int | None = None) -> int:
-        return self.server.count(path_regex, method, status)
-
-    def counts_by_path(self) -> Counter[str]:
-        return self.server.counts_by_path()
-
-    def reset_log(self) -> None:
-        self.server.reset_log()
+        self._register_routes()
 
     # -- generations ---------------------------------------------------------------------
 
@@ -137,7 +108,7 @@ class ArchiveReplica:
         if n < 0:
             raise ValueError("generation must be >= 0")
         state = self._make_state(n)
-        with self._lock:
+        with self._state_lock:
             self._state = state
         return state.changes
 
@@ -266,7 +237,7 @@ class ArchiveReplica:
         body = self._bodies.get(key)
         if body is None:
             body = build()
-            with self._lock:
+            with self._state_lock:
                 if len(self._bodies) > 512:  # bounded: a d2d page is ~70 kB
                     self._bodies.clear()
                 self._bodies[key] = body
@@ -274,8 +245,8 @@ class ArchiveReplica:
 
     # -- routes ---------------------------------------------------------------------------
 
-    def _routes(self) -> None:
-        self.server.routes(
+    def _register_routes(self) -> None:
+        self.routes(
             [
                 ("GET", r"/robots\.txt", self._robots),
                 ("GET", r"/", self._home),
@@ -301,7 +272,7 @@ class ArchiveReplica:
 
     def _throttle(self, path: str) -> Response | None:
         """The first request for a throttled path is answered 429, as a rate limiter does."""
-        with self._lock:
+        with self._state_lock:
             if path in self._throttled:
                 return None
             self._throttled.add(path)

@@ -12,7 +12,6 @@ padding, and "right" when the rotation is negative.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, replace
 
 from astropy.wcs import WCS
@@ -116,14 +115,6 @@ class FieldWcs:
     @property
     def fov_arcmin(self) -> tuple[float, float]:
         return self.scale * self.width * 60, self.scale * self.height * 60
-
-
-def wcs_from_avm(avm: AVM, served: tuple[int, int] | None = None) -> WCS:
-    """What a client does with an image's AVM: pyavm's WCS, rescaled to the served
-    size when that differs from Spatial.ReferenceDimension."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return avm.to_wcs(target_shape=served) if served else avm.to_wcs()
 
 
 # -- labels, as the site formats them --------------------------------------------
