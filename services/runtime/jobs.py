@@ -124,6 +124,17 @@ class JobContext:
             counters[name] = int(counters.get(name, 0)) + int(n)
         self._changed()
 
+    def set_counters(self, counters: Mapping[str, int]) -> None:
+        """Replace every counter: a resumed job restores those saved with its checkpoint,
+        so work redone after a crash is not counted twice."""
+        with self._manager._cond:
+            self._record["progress"]["counters"] = {k: int(v) for k, v in counters.items()}
+        self._changed()
+
+    def counters(self) -> dict[str, int]:
+        with self._manager._cond:
+            return dict(self._record["progress"]["counters"])
+
     def checkpoint(self) -> dict[str, Any] | None:
         """The state saved by the last save_checkpoint of this job, in any process."""
         key = self._manager._key(self.job_id, "checkpoint.json")

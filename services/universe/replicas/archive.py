@@ -408,8 +408,8 @@ class ArchiveReplica(ReplicaServer):
             request,
             body,
             mime,
-            file_etag(obs.modified, len(body)),
-            obs.modified,
+            file_etag(obs.file_modified, len(body)),
+            obs.file_modified,
             ranges=True,
             cache_control="public, max-age=86400",
         )

@@ -106,6 +106,12 @@ class Observation:
     potw: str = ""
     priority: int = 50
     version: int = 0  # bumped when a generation changes the image itself
+    image_modified: datetime | None = None  # when the file itself last changed (None: at release)
+
+    @property
+    def file_modified(self) -> datetime:
+        """The CDN's file validators follow the file, not the page: a new title leaves them alone."""
+        return self.image_modified or self.release
 
     @property
     def file_name(self) -> str:

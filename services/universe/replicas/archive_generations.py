@@ -75,7 +75,7 @@ def apply_generation(
                     obs.wcs.width,
                     obs.wcs.height,
                 )
-                obs = replace(obs, wcs=wcs, label_wcs=wcs, modified=when, version=obs.version + 1)
+                obs = replace(obs, wcs=wcs, label_wcs=wcs, modified=when, image_modified=when, version=obs.version + 1)
             current[obs.id] = obs
             if obs.id not in added:
                 modified[obs.id] = (*modified.get(obs.id, ()), what)

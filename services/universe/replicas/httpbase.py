@@ -80,6 +80,7 @@ class ReplicaServer:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
+        self.faults: dict[str, Response] = {}  # path -> the answer it gets instead (see set_fault)
         replica = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -159,6 +160,13 @@ class ReplicaServer:
         with self._lock:
             return Counter(r.path for r in self.requests)
 
+    def set_fault(self, path: str, response: Response | None) -> None:
+        """Answer ``path`` with ``response`` (a 500, undecodable bytes...) until cleared with None."""
+        if response is None:
+            self.faults.pop(path, None)
+        else:
+            self.faults[path] = response
+
     def reset_log(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -201,6 +209,9 @@ class ReplicaServer:
     def _handle(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
     ) -> Response:
+        fault = self.faults.get(path)
+        if fault is not None:  # a deliberately broken answer, for tests of clients' error handling
+            return fault
         allowed = False
         for route_method, pattern, handler in self._routes:
             match = pattern.match(path)
