@@ -10,9 +10,13 @@ GEN := services/api/generated
 PROTOS := $(wildcard proto/prettyspace/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: setup proto up down status demo test lint bench k8s replicas clean
+.PHONY: setup chromium proto up down status demo test lint bench k8s replicas clean
 
-setup: $(STAMP) $(GEN)/.stamp .cache/triton/.installed
+setup: $(STAMP) $(GEN)/.stamp .cache/triton/.installed chromium
+
+# Debian's Chromium for the crawler (apt-get when missing; a no-op afterwards).
+chromium:
+	@deploy/install-chromium.sh
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)

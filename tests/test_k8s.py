@@ -4,8 +4,9 @@ Every overlay under k8s/overlays/ is rendered with `kubectl kustomize`
 (offline), every rendered object is validated strictly against the
 Kubernetes OpenAPI schema bundled with kubernetes-validate, and the render
 is run through the policy checks below (security context, resources,
-probes, image tags, secrets, namespaces, Service selectors) plus the
-platform contract (ports, ConfigMap, probes, MinIO, bootstrap Job).
+probes, image tags, secrets, namespaces, Service selectors, batch deadlines,
+the crawler's browser memory) plus the platform contract (ports, ConfigMap,
+probes, MinIO, bootstrap Job, the daily recrawl CronJob).
 
 The policy checks are plain functions returning a list of violation strings;
 the negative tests at the bottom prove that each of them reports a
@@ -21,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ APP_IMAGE = "prettyspace"  # repository basename of the platform image
 SERVICES = ("crawler", "cutouts", "curator", "trainer", "gateway")
 GRPC_PORT = 50051
 METRICS_PORT = 9090
+RECRAWL_CRONJOB = "crawler-recrawl"
+# Workloads that run a headless Chromium (they need a memory-backed /dev/shm).
+BROWSER_WORKLOADS = {("Deployment", "crawler")}
 
 REQUIRED_CONFIG = {
     "PSS_GRPC_HOST": "0.0.0.0",
@@ -350,15 +355,20 @@ def check_secrets(objs: list[Obj]) -> list[str]:
 
 def check_service_selectors(objs: list[Obj]) -> list[str]:
     """Every Service (and PDB) selects pods that exist; named targetPorts exist on them."""
-    pods: list[tuple[str, dict[str, str], Obj]] = []
+    pods: list[tuple[str, dict[str, str], Obj, Obj]] = []
     for obj, pod in workloads(objs):
         labels = ((pod_template(obj) or {}).get("metadata") or {}).get("labels") or {}
-        pods.append((obj.get("metadata", {}).get("namespace", ""), labels, pod))
+        pods.append((obj.get("metadata", {}).get("namespace", ""), labels, pod, obj))
+
+    def matching_workloads(namespace: str, selector: dict[str, str]) -> list[tuple[Obj, Obj]]:
+        return [
+            (pod, obj)
+            for ns, labels, pod, obj in pods
+            if ns == namespace and all(labels.get(k) == v for k, v in selector.items())
+        ]
 
     def matching(namespace: str, selector: dict[str, str]) -> list[Obj]:
-        return [
-            pod for ns, labels, pod in pods if ns == namespace and all(labels.get(k) == v for k, v in selector.items())
-        ]
+        return [pod for pod, _obj in matching_workloads(namespace, selector)]
 
     errors = []
     for obj in objs:
@@ -381,6 +391,10 @@ def check_service_selectors(objs: list[Obj]) -> list[str]:
             continue
         if kind != "Service":
             continue
+        # A Service must not send traffic to a one-shot pod (a Job's, a CronJob's).
+        for _pod, owner in matching_workloads(namespace, selector):
+            if owner.get("kind") not in LONG_RUNNING_KINDS:
+                errors.append(f"{name_of(obj)}: selector {selector} also selects the pods of {name_of(owner)}")
         port_names = {
             p.get("name") for pod in selected for c in pod.get("containers") or [] for p in c.get("ports") or []
         }
@@ -421,6 +435,70 @@ def check_labels(objs: list[Obj]) -> list[str]:
     return errors
 
 
+def check_batch(objs: list[Obj]) -> list[str]:
+    """Every Job ends (deadline, bounded retries); every CronJob never overlaps with
+    itself, keeps a bounded history and skips a run it missed by too much."""
+    errors = []
+    for obj in objs:
+        kind = obj.get("kind")
+        spec = obj.get("spec") or {}
+        if kind == "CronJob":
+            job = (spec.get("jobTemplate") or {}).get("spec") or {}
+            if spec.get("concurrencyPolicy") != "Forbid":
+                errors.append(
+                    f"{name_of(obj)}: concurrencyPolicy is {spec.get('concurrencyPolicy')!r}, expected 'Forbid'"
+                )
+            for key in ("successfulJobsHistoryLimit", "failedJobsHistoryLimit", "startingDeadlineSeconds"):
+                value = spec.get(key)
+                if not isinstance(value, int) or value < 1:
+                    errors.append(f"{name_of(obj)}: {key} is {value!r}, expected a positive number")
+        elif kind == "Job":
+            job = spec
+        else:
+            continue
+        deadline = job.get("activeDeadlineSeconds")
+        if not isinstance(deadline, int) or deadline < 1:
+            errors.append(f"{name_of(obj)}: activeDeadlineSeconds is {deadline!r}, the Job has no deadline")
+        backoff = job.get("backoffLimit")
+        if not isinstance(backoff, int) or not 0 <= backoff <= 10:
+            errors.append(f"{name_of(obj)}: backoffLimit is {backoff!r}, expected an explicit 0..10")
+    return errors
+
+
+def check_browser_memory(objs: list[Obj]) -> list[str]:
+    """A workload running Chromium mounts a memory-backed, size-limited /dev/shm
+    (the runtime's 64Mi is too small) that fits in its memory limit, and a writable /tmp."""
+    errors = []
+    for obj, pod in workloads(objs):
+        if (obj.get("kind"), obj.get("metadata", {}).get("name")) not in BROWSER_WORKLOADS:
+            continue
+        volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+        for c in pod.get("containers") or []:
+            where = f"{name_of(obj)} container[{c.get('name')}]"
+            mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
+            shm = mounts.get("/dev/shm")
+            if shm is None:
+                errors.append(f"{where}: no volume mounted at /dev/shm")
+            else:
+                empty_dir = (volumes.get(shm.get("name")) or {}).get("emptyDir")
+                if empty_dir is None or empty_dir.get("medium") != "Memory":
+                    errors.append(f"{where}: /dev/shm is not a memory-backed emptyDir (medium: Memory)")
+                elif "sizeLimit" not in empty_dir:
+                    errors.append(f"{where}: /dev/shm has no sizeLimit")
+                else:
+                    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+                    size = parse_quantity("memory", empty_dir["sizeLimit"])
+                    if limit is None or parse_quantity("memory", limit) < size + 2**30:
+                        shm_size = empty_dir["sizeLimit"]
+                        errors.append(
+                            f"{where}: memory limit {limit} leaves less than 1Gi beside /dev/shm's {shm_size}"
+                        )
+            tmp = mounts.get("/tmp")
+            if tmp is None or "emptyDir" not in (volumes.get(tmp.get("name")) or {}) or tmp.get("readOnly"):
+                errors.append(f"{where}: no writable emptyDir at /tmp (the root filesystem is read-only)")
+    return errors
+
+
 POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_resources,
     check_security_context,
@@ -430,6 +508,8 @@ POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_service_selectors,
     check_namespaces,
     check_labels,
+    check_batch,
+    check_browser_memory,
 ]
 
 
@@ -513,20 +593,45 @@ def test_namespace_and_config(overlay: Path) -> None:
     assert not [o for o in objs if o.get("kind") == "Secret"], "no Secret may be rendered (created out-of-band)"
 
 
+def image_env(dockerfile: Path = REPO / "deploy" / "Dockerfile") -> dict[str, str]:
+    """The ENV of the image's final stage (KEY=VALUE pairs; values using $VAR are left out)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    final_stage = re.split(r"^FROM .*$", text, flags=re.MULTILINE)[-1]
+    env: dict[str, str] = {}
+    for line in final_stage.splitlines():
+        if line.startswith("ENV "):
+            for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S*)", line[4:]):
+                if "$" not in value:
+                    env[key] = value
+    return env
+
+
+def test_image_env_is_read() -> None:
+    env = image_env()
+    assert env["PSS_GRPC_PORT"] == "50051"
+    assert env["PSS_CHROMIUM_PATH"] == "/usr/lib/chromium/chromium"
+    assert env["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] == "1"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
 def test_env_accepted_by_service_config(overlay: Path) -> None:
-    """The env each app container gets (ConfigMap + Secret refs + literals) passes
-    the services' own start-up validation (services/runtime/config.py)."""
+    """The env each app container gets (the image's ENV, ConfigMap, Secret refs, literals)
+    passes the services' own start-up validation (services/runtime/config.py), with each
+    service's own settings (e.g. the crawler's PSS_CRAWL_*, left to their defaults)."""
+    import importlib
+
     from services.runtime.config import load_config
 
     objs = render(overlay)
     configmaps = {o["metadata"]["name"]: o.get("data") or {} for o in objs if o.get("kind") == "ConfigMap"}
     checked = 0
-    for _obj, pod in workloads(list(objs)):
+    for obj, pod in workloads(list(objs)):
+        if obj["kind"] == "CronJob":
+            continue  # clients (the prettyspace CLI), not services: test_recrawl_cronjob_contract
         for c in pod.get("containers") or []:
             if not is_app_image(c.get("image", "")):
                 continue
-            environ: dict[str, str] = {}
+            environ = image_env()
             for src in c.get("envFrom") or []:
                 environ.update(configmaps[src["configMapRef"]["name"]])
             for env in c.get("env") or []:
@@ -534,7 +639,9 @@ def test_env_accepted_by_service_config(overlay: Path) -> None:
                     environ[env["name"]] = "placeholder-from-secret"
                 elif "value" in env:
                     environ[env["name"]] = env["value"]
-            load_config(environ=environ)  # raises ConfigError on a bad/missing value
+            args = c.get("args") or []
+            extra = importlib.import_module(f"services.{args[0]}.service").SPEC.settings if args[0] in SERVICES else ()
+            load_config(extra, environ=environ)  # raises ConfigError on a bad/missing value
             checked += 1
     assert checked == len(SERVICES) + 1  # the services + the bootstrap Job
 
@@ -624,6 +731,73 @@ def test_minio_contract(overlay: Path) -> None:
     assert headless["spec"]["clusterIP"] == "None"
     client = by_kind_name(objs, "Service", "minio")
     assert 9000 in {p["port"] for p in client["spec"]["ports"]}
+
+
+def _expand(arg: str, environ: dict[str, str]) -> str:
+    """$(VAR) in a container's args, expanded as the kubelet does."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: environ.get(m.group(1), m.group(0)), arg)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_recrawl_cronjob_contract(overlay: Path) -> None:
+    from services.client import cli
+    from services.client.addresses import address_from_env
+
+    objs = render(overlay)
+    cron = by_kind_name(objs, "CronJob", RECRAWL_CRONJOB)
+    spec = cron["spec"]
+    assert spec["schedule"] == "17 3 * * *"
+    assert spec.get("suspend", False) is False
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job = spec["jobTemplate"]["spec"]
+    # A daily run ends, retries included, before the next one may start.
+    assert job["activeDeadlineSeconds"] + spec["startingDeadlineSeconds"] < 24 * 3600
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert is_app_image(c["image"])
+
+    # The image's console script, not its ENTRYPOINT (which starts a service).
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert c["command"] == ["prettyspace"] and scripts["prettyspace"] == "services.client.cli:main"
+
+    # A gRPC client only: no S3 credentials.
+    env = {e["name"]: e for e in c.get("env", [])}
+    assert not [e for e in env.values() if "secretKeyRef" in (e.get("valueFrom") or {})]
+    assert not [src for src in c.get("envFrom", []) if "secretRef" in src]
+
+    # The request id is the Job's name, so a retried pod re-attaches to its crawl.
+    job_name = f"{RECRAWL_CRONJOB}-29123456"
+    environ = dict(by_kind_name(objs, "ConfigMap", CONFIGMAP_NAME)["data"])
+    for name, e in env.items():
+        field = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        if field == "metadata.labels['batch.kubernetes.io/job-name']":
+            environ[name] = job_name
+        elif "value" in e:
+            environ[name] = e["value"]
+    args = cli.build_parser().parse_args([_expand(a, environ) for a in c["args"]])
+    assert args.func is cli.cmd_crawl
+    assert args.source == "all" and args.incremental is True
+    assert args.request_id == job_name
+    assert not args.no_wait, "the Job must wait for the crawl, so that it fails when the crawl fails"
+
+    # It reaches the crawler's Service on its gRPC port.
+    host, port = address_from_env("crawler", environ).rsplit(":", 1)
+    svc = by_kind_name(objs, "Service", host)
+    assert int(port) in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}
+
+    # Bad arguments (exit 2) fail the Job at once instead of being retried.
+    rules = job["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [2]}} in rules
+
+
+@pytest.mark.parametrize("kdir", [BASE, OVERLAYS_DIR / "production"], ids=["base", "production"])
+def test_crawler_has_room_for_chromium(kdir: Path) -> None:
+    c = by_kind_name(render(kdir), "Deployment", "crawler")["spec"]["template"]["spec"]["containers"][0]
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    assert parse_quantity("cpu", requests["cpu"]) >= 1 and parse_quantity("memory", requests["memory"]) >= 1.5 * 2**30
+    assert parse_quantity("cpu", limits["cpu"]) >= 2 and parse_quantity("memory", limits["memory"]) >= 3 * 2**30
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
@@ -777,6 +951,67 @@ def _cronjob_without_limits(objs: list[Obj]) -> None:
     )
 
 
+def _recrawl(objs: list[Obj]) -> Obj:
+    return by_kind_name(objs, "CronJob", RECRAWL_CRONJOB)["spec"]
+
+
+def _cronjob_allow(objs: list[Obj]) -> None:
+    _recrawl(objs)["concurrencyPolicy"] = "Allow"
+
+
+def _cronjob_no_history(objs: list[Obj]) -> None:
+    del _recrawl(objs)["failedJobsHistoryLimit"]
+
+
+def _cronjob_no_starting_deadline(objs: list[Obj]) -> None:
+    del _recrawl(objs)["startingDeadlineSeconds"]
+
+
+def _cronjob_no_deadline(objs: list[Obj]) -> None:
+    del _recrawl(objs)["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+
+
+def _cronjob_endless_retries(objs: list[Obj]) -> None:
+    _recrawl(objs)["jobTemplate"]["spec"]["backoffLimit"] = 1000
+
+
+def _job_no_deadline(objs: list[Obj]) -> None:
+    del by_kind_name(objs, "Job", "bootstrap-buckets")["spec"]["activeDeadlineSeconds"]
+
+
+def _crawler_pod(objs: list[Obj]) -> Obj:
+    return by_kind_name(objs, "Deployment", "crawler")["spec"]["template"]["spec"]
+
+
+def _crawler_volume(objs: list[Obj], mount_path: str) -> Obj:
+    pod = _crawler_pod(objs)
+    (name,) = [m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == mount_path]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == name]
+    return volume
+
+
+def _unmount(objs: list[Obj], mount_path: str) -> None:
+    c = _crawler_pod(objs)["containers"][0]
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != mount_path]
+
+
+def _crawler_disk_shm(objs: list[Obj]) -> None:
+    del _crawler_volume(objs, "/dev/shm")["emptyDir"]["medium"]
+
+
+def _crawler_unbounded_shm(objs: list[Obj]) -> None:
+    del _crawler_volume(objs, "/dev/shm")["emptyDir"]["sizeLimit"]
+
+
+def _crawler_shm_over_limit(objs: list[Obj]) -> None:
+    _crawler_pod(objs)["containers"][0]["resources"]["limits"]["memory"] = "1Gi"
+
+
+def _service_selects_cronjob_pods(objs: list[Obj]) -> None:
+    labels = _recrawl(objs)["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    labels["app.kubernetes.io/name"] = "crawler"
+
+
 MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], list[str]], str]] = {
     "no-limits": (_drop_limits, check_resources, "missing resources.limits.cpu"),
     "no-cpu-request": (_no_cpu_request, check_resources, "missing resources.requests.cpu"),
@@ -797,6 +1032,22 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], li
     "wrong-namespace": (_wrong_namespace, check_namespaces, "'default'"),
     "no-namespace": (_no_namespace, check_namespaces, "None"),
     "cronjob-without-limits": (_cronjob_without_limits, check_resources, "CronJob/nightly"),
+    "cronjob-allow": (_cronjob_allow, check_batch, "concurrencyPolicy is 'Allow', expected 'Forbid'"),
+    "cronjob-no-history": (_cronjob_no_history, check_batch, "failedJobsHistoryLimit is None"),
+    "cronjob-no-starting-deadline": (_cronjob_no_starting_deadline, check_batch, "startingDeadlineSeconds is None"),
+    "cronjob-no-deadline": (_cronjob_no_deadline, check_batch, f"CronJob/{RECRAWL_CRONJOB}: activeDeadlineSeconds"),
+    "cronjob-endless-retries": (_cronjob_endless_retries, check_batch, "backoffLimit is 1000"),
+    "job-no-deadline": (_job_no_deadline, check_batch, "Job/bootstrap-buckets: activeDeadlineSeconds"),
+    "crawler-no-shm": (lambda objs: _unmount(objs, "/dev/shm"), check_browser_memory, "no volume mounted at /dev/shm"),
+    "crawler-disk-shm": (_crawler_disk_shm, check_browser_memory, "not a memory-backed emptyDir"),
+    "crawler-unbounded-shm": (_crawler_unbounded_shm, check_browser_memory, "/dev/shm has no sizeLimit"),
+    "crawler-shm-over-limit": (_crawler_shm_over_limit, check_browser_memory, "leaves less than 1Gi"),
+    "crawler-no-tmp": (lambda objs: _unmount(objs, "/tmp"), check_browser_memory, "no writable emptyDir at /tmp"),
+    "service-selects-cronjob-pods": (
+        _service_selects_cronjob_pods,
+        check_service_selectors,
+        f"also selects the pods of CronJob/{RECRAWL_CRONJOB}",
+    ),
 }
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from services.api import common_pb2
-from services.client.addresses import SERVICES
-from services.client.clients import client_for
+from services.api import common_pb2, crawler_pb2
+from services.client.addresses import SERVICES, env_name
+from services.client.clients import TERMINAL_STATES, CrawlerClient, client_for
 from services.client.health import platform_health
 
 
@@ -34,8 +36,33 @@ def _print_job(job: common_pb2.Job) -> None:
     print(json.dumps(MessageToDict(job, preserving_proto_field_name=True), indent=1))
 
 
-def follow_with_progress(client_jobs: object, job_id: str) -> common_pb2.Job:
-    """Follow a job to its end with a progress bar; shared by every job command."""
+def _progress_line(job: common_pb2.Job) -> str:
+    p = job.progress
+    counters = ", ".join(f"{k}={v}" for k, v in sorted(p.counters.items()))
+    return " ".join(x for x in (p.stage, counters) if x)
+
+
+def follow_with_progress(client_jobs: object, job_id: str, *, log_every_s: float = 30.0) -> common_pb2.Job:
+    """Follow a job to its end with a progress bar; shared by every job command.
+
+    When stderr is not a terminal (a CronJob's log, CI), a plain line is written
+    instead, on every change of stage and at most every `log_every_s` seconds."""
+    if not sys.stderr.isatty():
+        last_stage: str | None = None
+        last_at = 0.0
+
+        def log(job: common_pb2.Job) -> None:
+            nonlocal last_stage, last_at
+            now = time.monotonic()
+            if job.state in TERMINAL_STATES or job.progress.stage != last_stage or now - last_at >= log_every_s:
+                last_stage, last_at = job.progress.stage, now
+                p = job.progress
+                done = f"{p.done}/{p.total}" if p.total else str(p.done)
+                state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+                print(f"{job_id}: {state} {done} {_progress_line(job)}".rstrip(), file=sys.stderr, flush=True)
+
+        return client_jobs.follow(job_id, log)  # type: ignore[attr-defined]
+
     bar = tqdm(total=0, unit="item", dynamic_ncols=True, desc=job_id[:40])
 
     def update(job: common_pb2.Job) -> None:
@@ -43,8 +70,7 @@ def follow_with_progress(client_jobs: object, job_id: str) -> common_pb2.Job:
         if p.total and bar.total != p.total:
             bar.total = p.total
         bar.n = p.done
-        counters = ", ".join(f"{k}={v}" for k, v in sorted(p.counters.items()))
-        bar.set_postfix_str(" ".join(x for x in (p.stage, counters) if x), refresh=False)
+        bar.set_postfix_str(_progress_line(job), refresh=False)
         bar.refresh()
 
     try:
@@ -72,6 +98,125 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
+# --------------------------------------------------------------------------
+# prettyspace crawl
+
+CRAWL_SOURCES = {
+    "esahubble": [crawler_pb2.SOURCE_ESAHUBBLE],
+    "esawebb": [crawler_pb2.SOURCE_ESAWEBB],
+    "all": [],  # StartCrawlRequest: no sources means all of them
+}
+MAX_UINT32 = 2**32 - 1
+
+
+def _max_pages(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_UINT32:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) to {MAX_UINT32}, got {value}")
+    return value
+
+
+def _request_id(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty id without surrounding spaces, got {text!r}")
+    return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def format_job_summary(job: common_pb2.Job) -> str:
+    """The final state, every counter the job reports (sorted), its result and error."""
+    state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    lines = [f"{job.kind or 'job'} {job.id}: {state}"]
+    if job.finished.seconds and job.created.seconds:
+        elapsed = job.finished.ToDatetime() - job.created.ToDatetime()
+        lines[0] += f" after {elapsed.total_seconds():.1f} s"
+    p = job.progress
+    if p.total or p.done:
+        lines.append(f"  done: {p.done}" + (f"/{p.total}" if p.total else ""))
+    entries = sorted(p.counters.items()) + sorted(job.result.items())
+    width = max((len(k) for k, _ in entries), default=0)
+    lines += [f"  {k:<{width}}  {v}" for k, v in entries]
+    if p.message:
+        lines.append(f"  message: {p.message}")
+    if job.error:
+        lines.append(f"  error: {job.error}")
+    return "\n".join(lines)
+
+
+def crawl_request(args: argparse.Namespace) -> crawler_pb2.StartCrawlRequest:
+    return crawler_pb2.StartCrawlRequest(
+        sources=CRAWL_SOURCES[args.source],
+        incremental=args.incremental,
+        max_pages=args.max_pages,
+        # Always send an idempotency key: a retried StartCrawl then never starts a second crawl.
+        request_id=args.request_id or f"cli-{uuid.uuid4().hex}",
+    )
+
+
+def cmd_crawl(args: argparse.Namespace) -> int:
+    request = crawl_request(args)
+    try:
+        client = CrawlerClient(args.address, timeout_s=args.timeout)
+    except ValueError as exc:  # e.g. a malformed PSS_LOCAL_PORT_BASE
+        print(f"prettyspace: {exc}", file=sys.stderr)
+        return 2
+    with client:
+        started = time.monotonic()
+        try:
+            job = client.stub.StartCrawl(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                setting = "--address" if args.address else env_name("crawler")
+                print(
+                    f"prettyspace: crawler unreachable at {client.address} ({setting}): {exc.code().name}, "
+                    f"gave up after {time.monotonic() - started:.1f} s; is the crawler running?",
+                    file=sys.stderr,
+                )
+                return 1
+            raise
+        if args.no_wait:
+            if args.json:
+                _print_job(job)
+            else:
+                print(job.id)
+            return 0
+        print(f"crawl started: {job.id}", file=sys.stderr)
+        try:
+            job = follow_with_progress(client.jobs, job.id)
+        except KeyboardInterrupt:
+            print(
+                f"\nprettyspace: stopped watching; the crawl goes on "
+                f"(prettyspace jobs watch {job.id} --service crawler, or jobs cancel)",
+                file=sys.stderr,
+            )
+            return 130
+        except grpc.RpcError as exc:
+            print(
+                f"prettyspace: lost the crawler at {client.address} while following {job.id} "
+                f"({exc.code().name}: {exc.details()}); the crawl may still be running: "
+                f"prettyspace jobs watch {job.id} --service crawler",
+                file=sys.stderr,
+            )
+            return 1
+    if args.json:
+        _print_job(job)
+    else:
+        print(format_job_summary(job))
+    return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prettyspace", description="Prettier Space Survey command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=("pending", "running", "succeeded", "failed", "cancelled"))
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(func=cmd_jobs)
+
+    crawl = sub.add_parser(
+        "crawl",
+        help="mirror the ESA/Hubble and ESA/Webb archives into the object store (a crawler job)",
+        description="Start a crawl on the crawler service and follow it to its end with a progress bar. "
+        "Exit status: 0 succeeded, 1 failed, cancelled or crawler unreachable, 2 bad arguments.",
+    )
+    crawl.add_argument("--source", required=True, choices=tuple(CRAWL_SOURCES), help="which archive (all: both)")
+    crawl.add_argument("--incremental", action="store_true", help="only what is new or changed since the last crawl")
+    crawl.add_argument("--max-pages", type=_max_pages, default=0, metavar="N", help="stop after N pages (0: no limit)")
+    crawl.add_argument(
+        "--request-id",
+        type=_request_id,
+        metavar="ID",
+        help="idempotency key: the same id returns the same job instead of starting another (default: a new id)",
+    )
+    crawl.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
+    crawl.add_argument("--json", action="store_true", help="print the final job as JSON")
+    crawl.add_argument(
+        "--address", help=f"crawler host:port (default: {env_name('crawler')}, else the local stack's port)"
+    )
+    crawl.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the crawler to accept the crawl (default 10)",
+    )
+    crawl.set_defaults(func=cmd_crawl)
     return parser
 
 
