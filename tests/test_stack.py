@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from deploy.localstack.stack import PLACEHOLDER_MODEL, Stack
 from deploy.triton import placeholder
-from services.api import common_pb2, crawler_pb2
+from services.api import common_pb2, cutouts_pb2
 from services.client import SERVICES, client_for
 from services.client.addresses import REPLICAS
 from services.client.channel import open_channel
@@ -110,8 +110,8 @@ def test_bad_job_queries_get_clear_statuses(stack: Stack) -> None:
 
 def test_rpcs_of_later_issues_say_unimplemented(stack: Stack) -> None:
     """The API surface is defined now; an RPC not yet built says so (no fake success)."""
-    with client_for("crawler", stack.env()["PSS_CRAWLER_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
-        client.stub.StartCrawl(crawler_pb2.StartCrawlRequest(), timeout=5)
+    with client_for("cutouts", stack.env()["PSS_CUTOUTS_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
+        client.stub.StartCutoutBatch(cutouts_pb2.StartCutoutBatchRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -186,8 +186,12 @@ def test_replicas_of_the_real_sites_are_reachable_through_the_stack_settings(sta
 def test_demo_preview_shows_both_views_of_the_same_fields(stack: Stack, tmp_path) -> None:
     from PIL import Image
 
-    from deploy.localstack.demo import preview_embedded_sky
+    from deploy.localstack.demo import crawl_archives, preview_embedded_sky
 
+    # The demo's main job: the stack's crawler crawls the archive replica (one listing page here).
+    job = crawl_archives(stack, max_pages=1, sources=("esahubble",))
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job
+    assert job.progress.counters["new"] > 10 and job.progress.counters["images"] > 10
     paths = preview_embedded_sky(stack, tmp_path, count=2)
     assert len(paths) == 2
     for path in paths:

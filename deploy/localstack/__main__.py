@@ -14,8 +14,9 @@ import sys
 import time
 
 from deploy.localstack import triton
-from deploy.localstack.demo import preview_embedded_sky
+from deploy.localstack.demo import crawl_archives, preview_embedded_sky
 from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
+from services.api import common_pb2
 
 
 def _print_health(stack: Stack) -> bool:
@@ -82,7 +83,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return code
     stack = Stack.load(DEFAULT_ROOT)
     assert stack is not None
-    print("\nthe embedded sky, seen as the survey and as the archive shows it:")
+    print("\ncrawling the archive replicas (first listing page of each; incremental after the first run):")
+    job = crawl_archives(stack)
+    counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
+    print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        print(f"  the crawl did not succeed: {job.error}")
+        return 1
+    print("\nthe embedded sky, seen as the survey and as the crawled archive image:")
     for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
         print(f"  {path}")
     print(

@@ -1,7 +1,8 @@
-"""What `make demo` shows of the embedded sky until the gateway renders (#8): for a few
-fields of the replica archive, the DSS2 survey view (fetched through the hips2fits
-replica with astroquery, as the cutout service will) beside the Hubble-like image the
-archive replica serves for the same WCS. Both come from the same local sky."""
+"""What `make demo` runs on the embedded sky until the gateway renders (#8): a crawl of
+both archive replicas by the crawler service (real Chromium, real S3), then, for a few
+crawled observations, the DSS2 survey view (fetched through the hips2fits replica with
+astroquery, as the cutout service will) at the WCS the crawler stored with the image,
+beside that stored image. Both come from the same local sky."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from astroquery.hips2fits import hips2fitsClass
 from PIL import Image, ImageDraw
 
 from deploy.localstack.stack import Stack
+from services.api import common_pb2, crawler_pb2
+from services.client.cli import follow_with_progress
+from services.client.clients import CrawlerClient
 
 KINDS = ("galaxy", "nebula", "cluster")
 
@@ -39,36 +43,55 @@ def pick_fields(truth: dict, count: int) -> list[dict]:
     return picked
 
 
-def side_by_side(survey: np.ndarray, outreach: Image.Image, title: str) -> Image.Image:
+def side_by_side(survey: np.ndarray, outreach: Image.Image, title: str, credit: str) -> Image.Image:
     left = Image.fromarray(np.asarray(survey, dtype=np.uint8)[..., :3]).resize(outreach.size)
-    caption = 28
-    canvas = Image.new("RGB", (outreach.width * 2 + 10, outreach.height + caption), (20, 20, 20))
+    caption, footer = 28, 22
+    canvas = Image.new("RGB", (outreach.width * 2 + 10, outreach.height + caption + footer), (20, 20, 20))
     canvas.paste(left, (0, caption))
     canvas.paste(outreach, (outreach.width + 10, caption))
     draw = ImageDraw.Draw(canvas)
     draw.text((6, 8), f"DSS2 survey view (hips2fits replica) - {title}", fill=(230, 230, 230))
     draw.text(
-        (outreach.width + 16, 8), "Hubble-like view (archive replica) - local sky, synthetic", fill=(230, 230, 230)
+        (outreach.width + 16, 8), "crawled Hubble-like image (archive replica, synthetic sky)", fill=(230, 230, 230)
     )
+    # The credit line travels with the image (CC BY 4.0), even a replica's.
+    draw.text((outreach.width + 16, caption + outreach.height + 5), f"Credit: {credit}", fill=(200, 200, 200))
     return canvas
+
+
+def crawl_archives(stack: Stack, max_pages: int = 1, sources: tuple[str, ...] = ()) -> common_pb2.Job:
+    """An incremental crawl of the replicas (all by default) through the crawler service
+    (the first one is a full crawl: nothing is stored yet), followed with a progress bar."""
+    request = crawler_pb2.StartCrawlRequest(
+        incremental=True,
+        max_pages=max_pages,
+        sources=[crawler_pb2.Source.Value(f"SOURCE_{s.upper()}") for s in sources],
+    )
+    with CrawlerClient(stack.env()["PSS_CRAWLER_ADDR"]) as client:
+        job = client.stub.StartCrawl(request, timeout=30)
+        return follow_with_progress(client.jobs, job.id)
 
 
 def preview_embedded_sky(stack: Stack, out_dir: Path, count: int = 3) -> list[Path]:
     env = stack.env()
     truth = json.loads(_get(env["PSS_ESAHUBBLE_URL"] + "/_replica/truth"))
+    store = stack.store()
     hips2fits = hips2fitsClass()
     hips2fits.server = env["PSS_HIPS2FITS_URL"]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for obs in pick_fields(truth, count):
-        screen = obs["served"]["screen"]
+    crawled = {k.split("/")[1] for k in store.list_keys("archive", "esahubble/") if k.endswith("/meta.json")}
+    for obs in pick_fields({"observations": {k: v for k, v in truth["observations"].items() if k in crawled}}, count):
+        meta = store.get_json("archive", f"esahubble/{obs['id']}/meta.json")
+        screen = meta["images"]["screen"]
         header = dict(screen["wcs"])
         width, height = header.pop("NAXIS1"), header.pop("NAXIS2")
         wcs = WCS(header)
         wcs.pixel_shape = (width, height)
         survey = hips2fits.query_with_wcs(hips="CDS/P/DSS2/color", wcs=wcs, format="jpg")
-        outreach = Image.open(io.BytesIO(_get(screen["url"]))).convert("RGB")
+        outreach = Image.open(io.BytesIO(store.get_bytes("archive", screen["key"]))).convert("RGB")
         path = out_dir / f"{obs['id']}-dss2-vs-hubble.png"
-        side_by_side(survey, outreach, f"{obs['id']}: {obs['title']}").save(path)
+        title = f"{obs['id']}: {meta['title']}"
+        side_by_side(survey, outreach, title, meta["credit"]).save(path)
         written.append(path)
     return written

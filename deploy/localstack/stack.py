@@ -39,6 +39,14 @@ class StackError(RuntimeError):
     """A component did not come up; the message names it and ends with its log."""
 
 
+# Settings of the local stack's own services that differ from production defaults.
+LOCAL_SERVICE_SETTINGS: dict[str, dict[str, str]] = {
+    # The replicas are ours and on loopback: no politeness delay; screen-size images only,
+    # because the replica renders each file on first request (large ones take seconds).
+    "crawler": {"PSS_CRAWL_RATE_PER_HOST": "0", "PSS_CRAWL_SIZES": "screen"},
+}
+
+
 @dataclass
 class Layout:
     """Every port of one stack."""
@@ -160,7 +168,8 @@ class Stack:
 
     def service_env(self, name: str) -> dict[str, str]:
         grpc_port, metrics_port = self.layout.services[name]
-        return self.process_env(grpc_port, metrics_port)
+        local = {k: v for k, v in LOCAL_SERVICE_SETTINGS.get(name, {}).items() if k not in self.extra_env}
+        return self.process_env(grpc_port, metrics_port, **local)
 
     def process_env(self, grpc_port: int, metrics_port: int, **overrides: str) -> dict[str, str]:
         """The environment of a service process of this stack: this environment less
