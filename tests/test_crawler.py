@@ -401,6 +401,12 @@ def test_bad_pages_are_recorded_and_the_crawl_goes_on(first_crawl, crawler, repl
     assert (f"/images/{missing}/", "http_404") in kinds
     assert (f"/images/{broken_json}/api/json/", "parse") in kinds
     assert run["outcomes"]["unchanged"] >= len(usable(t)) - 10  # the rest of the site was crawled
+    # what was stored before is kept, not degraded by a page that could not be read
+    for ident in (latin1, broken_json):
+        meta = store.get_json("archive", f"esawebb/{ident}/meta.json")
+        assert meta["constellation"] == t["observations"][ident]["constellation"]
+        assert meta["title"] == t["observations"][ident]["title"]
+    assert set(run["changes"]["new"]) == set(run["changes"]["changed"]) == set()
 
 
 # -- 3. API, CLI, metrics -----------------------------------------------------------------------------

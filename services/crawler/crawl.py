@@ -389,6 +389,9 @@ class SourceCrawl:
             page_data = await self._page(page_f, ident)
             if json_doc is None and page_data is None:
                 return {"outcome": "error", "error": "neither the JSON nor the page could be read"}
+            if existing and not existing.get("withdrawn") and (json_doc is None or page_data is None):
+                # Half the metadata is unreadable today: keep what is stored rather than degrade it.
+                return {"outcome": "error", "error": "the JSON or the page could not be read; stored metadata kept"}
             extracted = ex.extract(
                 site.source,
                 ident,
