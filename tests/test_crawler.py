@@ -409,6 +409,44 @@ def test_bad_pages_are_recorded_and_the_crawl_goes_on(first_crawl, crawler, repl
     assert set(run["changes"]["new"]) == set(run["changes"]["changed"]) == set()
 
 
+class ShiftingReplica(ArchiveReplica):
+    """Publishes its next generation while the crawler is between listing pages 1 and 2."""
+
+    shift_to: int | None = None
+
+    def _listing(self, request):  # type: ignore[no-untyped-def]
+        if self.shift_to is not None and request.path.startswith("/images/archive/search/page/2/"):
+            self.set_generation(self.shift_to)
+            self.shift_to = None
+        return super()._listing(request)
+
+
+def test_a_listing_that_changes_during_the_walk_is_walked_again(first_crawl, stack, logs, crawler_settings, store):
+    # The store holds esahubble at generation 1 (the recrawl above); this copy of the site
+    # starts there and publishes generation 2 half-way through the listing.
+    site = ShiftingReplica("esahubble", Sky(), CACHE, 1, screen_width=200, large_width=400, slow_page_s=0.5).start()
+    before = site.set_generation(1)
+    site.shift_to = 2
+    settings = {**crawler_settings, "esahubble_url": site.url}
+    proc = service_process(stack, ["services", "crawler"], logs, "crawler-shift", **settings)
+    try:
+        proc.start()
+        job = crawl(proc, sources=[crawler_pb2.SOURCE_ESAHUBBLE])
+        after = site.set_generation(2)
+        run = report(store, "esahubble", job.id)
+        assert site.generation == 2 and run["listing_complete"]
+        assert site.count(r"^/images/archive/search/$") == 2  # page 1 was read again after the shift
+        assert sorted(run["changes"]["new"]) == sorted(set(after.added) - set(before.added))
+        assert sorted(run["changes"]["withdrawn"]) == sorted(set(after.withdrawn) - set(before.withdrawn))
+        state = store.get_json("crawl-state", "esahubble/state.json")
+        active = {i for i, item in state["items"].items() if item["status"] == "active"}
+        skipped = {i for i, item in state["items"].items() if item["status"] == "skipped"}
+        assert active == usable(site.truth()) and not active & skipped
+    finally:
+        proc.stop()
+        site.stop()
+
+
 # -- 3. API, CLI, metrics -----------------------------------------------------------------------------
 
 

@@ -207,54 +207,70 @@ class SourceCrawl:
             **fetched.validators,
         }
 
-    async def list_pages(self) -> None:
-        """Walk every search page (or the first max_pages). The page count is re-read on every
-        page, so a listing that grows or shrinks during the walk is followed; ids that moved
-        between pages while walking are caught by one more pass when the count disagrees."""
+    async def _walk_listing(self, conditional: bool) -> dict[str, Any]:
+        """One walk over the search pages; the page count is re-read on every page."""
         run = self.run_
-        pages: dict[str, Any] = {}
-        order: list[str] = []
-        entries: dict[str, dict[str, Any]] = {}
-        complete = True
-        total = None
-        for attempt in range(2):
-            n, page_count = 1, 1
-            while n <= page_count:
-                if run.max_pages and n > run.max_pages:
-                    complete = False
-                    break
-                self.ctx.check()
-                try:
-                    page = await self._listing_page(n, conditional=attempt == 0)
-                except FetchError as exc:
-                    run.error(exc)
-                    complete = False
-                    n += 1
-                    continue
-                if page is None:
-                    break
-                page_count = max(page["page_count"], n) if n == 1 else page["page_count"]
-                total = page["total"] if page["total"] is not None else total
-                pages[str(n)] = {
-                    k: page[k] for k in ("ids", "etag", "last_modified", "page_count", "total") if k in page
-                }
-                for ident in page["ids"]:
-                    if ident not in entries:
-                        order.append(ident)
-                    entries[ident] = {**entries.get(ident, {}), **page["entries"][ident]}
-                self.ctx.progress(message=f"{self.site.source}: listing page {n}/{page_count}")
+        walk: dict[str, Any] = {"ids": [], "entries": {}, "pages": {}, "complete": True, "totals": set()}
+        n, page_count = 1, 1
+        while n <= page_count:
+            if run.max_pages and n > run.max_pages:
+                walk["complete"] = False
+                break
+            self.ctx.check()
+            try:
+                page = await self._listing_page(n, conditional)
+            except FetchError as exc:
+                run.error(exc)
+                walk["complete"] = False
                 n += 1
-            if not complete or total is None or len(order) >= total:
+                continue
+            if page is None:
+                break
+            page_count = max(page["page_count"], n)
+            if page["total"] is not None:
+                walk["totals"].add(page["total"])
+            walk["pages"][str(n)] = {
+                k: page[k] for k in ("ids", "etag", "last_modified", "page_count", "total") if k in page
+            }
+            for ident in page["ids"]:
+                if ident not in walk["entries"]:
+                    walk["ids"].append(ident)
+                walk["entries"][ident] = {**walk["entries"].get(ident, {}), **page["entries"][ident]}
+            self.ctx.progress(message=f"{self.site.source}: listing page {n}/{page_count}")
+            n += 1
+        return walk
+
+    async def list_pages(self) -> None:
+        """Walk every search page (or the first max_pages). A walk is consistent when every
+        page reported the same total and that many distinct ids were read; when the site
+        changed during the walk (ids shift between pages) it is walked again from page 1,
+        without validators. After three inconsistent walks, the last two are merged and
+        the listing counts as incomplete (no withdrawal is concluded from it)."""
+        previous: dict[str, Any] | None = None
+        for attempt in range(3):
+            walk = await self._walk_listing(conditional=attempt == 0)
+            totals = walk["totals"]
+            consistent = len(totals) <= 1 and (not totals or len(walk["ids"]) == next(iter(totals)))
+            if not walk["complete"] or consistent:
                 break
             log.info(
-                "listing changed while walking it: one more pass", extra=fields(job_id=self.ctx.job_id, total=total)
+                "listing changed while walking it: walking it again",
+                extra=fields(job_id=self.ctx.job_id, totals=sorted(totals), ids=len(walk["ids"])),
             )
+            previous = walk
+        else:
+            assert previous is not None
+            for ident in previous["ids"]:
+                if ident not in walk["entries"]:
+                    walk["ids"].append(ident)
+                    walk["entries"][ident] = previous["entries"][ident]
+            walk["complete"] = False
         self.p["listing"] = {
-            "ids": order,
-            "entries": {i: _listing_fields(entries[i]) for i in order},
-            "pages": pages,
-            "complete": complete,
-            "total": total,
+            "ids": walk["ids"],
+            "entries": {i: _listing_fields(walk["entries"][i]) for i in walk["ids"]},
+            "pages": walk["pages"],
+            "complete": walk["complete"],
+            "total": max(walk["totals"]) if walk["totals"] else None,
         }
 
     # -- 2. feed ---------------------------------------------------------------------------------
