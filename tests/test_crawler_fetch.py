@@ -199,3 +199,15 @@ def test_retry_after_http_date() -> None:
     assert retry_after_s(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == pytest.approx(30)
     assert retry_after_s(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0
     assert retry_after_s("soon") is None and retry_after_s(None) is None
+
+
+def test_a_page_that_never_finishes_is_an_error_and_the_tab_is_replaced() -> None:
+    async def main() -> dict:
+        async with open_browser("t", 1, page_timeout_s=1.0) as browser:
+            with pytest.raises(FetchError) as err:
+                await browser.parse_detail("<h1>x</h1><script>while (true) {}</script>", "http://127.0.0.1/hang/")
+            assert err.value.kind == "page_timeout" and "/hang/" in str(err.value)
+            # the one tab of the pool was replaced: the next page is read normally
+            return await browser.parse_detail("<h1>Fine</h1>", "http://127.0.0.1/ok/")
+
+    assert asyncio.run(main())["title"] == "Fine"

@@ -11,6 +11,7 @@ downloaded once, by the fetcher, under its robots/rate-limit rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -20,6 +21,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from services.crawler.fetch import FetchError
 
 # Debian installs the real binary beside a wrapper script; launching the binary skips the wrapper's noise.
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -113,6 +118,12 @@ class CrawlBrowser:
         try:
             await page.set_content(html, wait_until="domcontentloaded")
             return await page.evaluate(script)
+        except PlaywrightError as exc:  # a timeout, a crashed tab: this page fails, the crawl goes on
+            # The tab may be stuck (a script that never ends): a fresh one takes its place.
+            stuck, page = page, await self.context.new_page()
+            asyncio.get_running_loop().create_task(_close_quietly(stuck))
+            kind = "page_timeout" if isinstance(exc, PlaywrightTimeout) else "page"
+            raise FetchError(base_url, kind, f"Chromium could not read the page: {exc.message}") from exc
         finally:
             self._pages.put_nowait(page)
 
@@ -128,8 +139,15 @@ class CrawlBrowser:
         return data
 
 
+async def _close_quietly(page: Page) -> None:
+    with contextlib.suppress(PlaywrightError):
+        await page.close(run_before_unload=False)
+
+
 @asynccontextmanager
-async def open_browser(user_agent: str, pages: int, executable: str = "") -> AsyncIterator[CrawlBrowser]:
+async def open_browser(
+    user_agent: str, pages: int, executable: str = "", page_timeout_s: float = 30.0
+) -> AsyncIterator[CrawlBrowser]:
     binary = chromium_path(executable)
     async with async_playwright() as playwright:
         browser: Browser = await playwright.chromium.launch(
@@ -139,6 +157,8 @@ async def open_browser(user_agent: str, pages: int, executable: str = "") -> Asy
             context = await browser.new_context(
                 user_agent=user_agent, java_script_enabled=True, service_workers="block"
             )
+            # A page that takes longer than this to parse is an error, not a stuck crawl.
+            context.set_default_timeout(page_timeout_s * 1000)
             # Pages parse, they never fetch: the fetcher is the only way out.
             await context.route("**/*", lambda route: route.abort())
             tabs = [await context.new_page() for _ in range(max(1, pages))]

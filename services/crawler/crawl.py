@@ -129,7 +129,9 @@ class CrawlRun:
 
     async def run(self) -> dict[str, Any]:
         settings = self.settings
-        async with open_browser(settings.policy.user_agent, settings.concurrency, settings.chromium) as browser:
+        async with open_browser(
+            settings.policy.user_agent, settings.concurrency, settings.chromium, settings.policy.timeout_s
+        ) as browser:
             fetcher = Fetcher(browser.request, settings.policy, self._on_response)
             for site in self.sites:
                 progress = self.cp["sources"].setdefault(site.source, {"phase": "listing"})
