@@ -253,6 +253,8 @@ def test_stored_images_carry_the_wcs_of_their_own_size(first_crawl, store, truth
                     assert labels_only == (not t["avm_quality"]), (ident, entry["wcs_source"])
                     assert_same_sky(entry["wcs"], served["wcs"], 0.01 * entry["width"] if labels_only else 0.05)
                     checked += 1
+                    if served["embedded_avm"] in ("served", "declared") and not labels_only:
+                        assert entry["embedded_avm_offset_px"] < 0.05, (ident, size)  # the file's AVM agrees
     assert checked > 150
     # the edge case whose embedded AVM describes the original, not the file, still lines up
     mismatch = truth["esahubble"]["edge_cases"]["avm_reference_dimension_mismatch"][0]

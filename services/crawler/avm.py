@@ -320,3 +320,17 @@ def avm_from_image(data: bytes) -> SpatialAvm | None:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         return spatial_avm(values)
     return None
+
+
+def max_offset_px(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """How far apart two headers of the same image put the sky: the largest distance, in
+    pixels of ``a``, between where ``b`` puts the corners and centre and where ``a`` does."""
+    import numpy as np
+
+    wa, wb = to_astropy(a), to_astropy(b)
+    w, h = int(a["NAXIS1"]), int(a["NAXIS2"])
+    x = np.array([1.0, w, 1.0, w, (w + 1) / 2])
+    y = np.array([1.0, 1.0, h, h, (h + 1) / 2])
+    ra, dec = wb.all_pix2world(x, y, 1)
+    xa, ya = wa.all_world2pix(ra, dec, 1)
+    return float(np.max(np.hypot(xa - x, ya - y)))

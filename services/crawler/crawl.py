@@ -37,6 +37,7 @@ from PIL import Image
 
 from services.crawler import extract as ex
 from services.crawler import metrics
+from services.crawler.avm import max_offset_px
 from services.crawler.browser import CrawlBrowser, open_browser
 from services.crawler.fetch import Fetched, Fetcher, FetchError, FetchPolicy
 from services.crawler.sites import SiteProfile
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 OUTCOMES = ("new", "changed", "unchanged", "skipped", "withdrawn", "error")
 MAX_ERRORS_KEPT = 2000
+EMBEDDED_AVM_TOLERANCE_PX = 1.0
 
 
 @dataclass(frozen=True)
@@ -553,6 +555,12 @@ class SourceCrawl:
             width, height = img.size
         embedded = ex.avm_from_image(body)
         wcs, source = ex.image_wcs(meta, width, height, embedded)
+        embedded_offset = None
+        if wcs and source != "embedded-avm" and embedded is not None and embedded.has_wcs:
+            # The file's own AVM and the one we use should put the sky on the same pixels.
+            embedded_offset = round(max_offset_px(wcs, embedded.header(width, height)), 3)
+            if embedded_offset > EMBEDDED_AVM_TOLERANCE_PX:
+                self.run_.count("avm_disagreements")
         return {
             "key": key,
             "url": url,
@@ -564,6 +572,7 @@ class SourceCrawl:
             "last_modified": object_meta.get("source-last-modified", ""),
             "wcs": wcs,
             "wcs_source": source,
+            "embedded_avm_offset_px": embedded_offset,  # None: the file carries no full WCS to compare
         }
 
     # -- 4. withdrawn ---------------------------------------------------------------------------------
