@@ -508,3 +508,16 @@ def test_metrics_count_the_crawl(first_crawl, crawler) -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{crawler.metrics_port}/metrics", timeout=5).read().decode()
     assert 'prettyspace_crawler_items_total{outcome="unchanged",source="esahubble"}' in text
     assert "prettyspace_crawler_requests_total" in text and "prettyspace_crawler_crawl_duration_seconds" in text
+
+
+def test_a_crawler_without_chromium_refuses_crawls_clearly(stack, logs, crawler_settings) -> None:
+    settings = {**crawler_settings, "chromium_path": "/nonexistent/chromium"}
+    proc = service_process(stack, ["services", "crawler"], logs, "crawler-nochromium", **settings).start()
+    try:
+        with CrawlerClient(proc.address) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.stub.StartCrawl(crawler_pb2.StartCrawlRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "PSS_CHROMIUM_PATH" in err.value.details() and "chromium" in err.value.details()
+    finally:
+        proc.stop()
