@@ -514,9 +514,8 @@ def test_a_crawler_without_chromium_refuses_crawls_clearly(stack, logs, crawler_
     settings = {**crawler_settings, "chromium_path": "/nonexistent/chromium"}
     proc = service_process(stack, ["services", "crawler"], logs, "crawler-nochromium", **settings).start()
     try:
-        with CrawlerClient(proc.address) as client:
-            with pytest.raises(grpc.RpcError) as err:
-                client.stub.StartCrawl(crawler_pb2.StartCrawlRequest(), timeout=10)
+        with CrawlerClient(proc.address) as client, pytest.raises(grpc.RpcError) as err:
+            client.stub.StartCrawl(crawler_pb2.StartCrawlRequest(), timeout=10)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "PSS_CHROMIUM_PATH" in err.value.details() and "chromium" in err.value.details()
     finally:
