@@ -680,12 +680,12 @@ def _load_meta(store: Any, source: str, ident: str) -> dict[str, Any] | None:
 
 
 def _result(prev: dict[str, Any]) -> dict[str, Any]:
+    """An item's result carried over from the previous run (an incremental run did not visit it)."""
     return {
         "content_hash": prev.get("content_hash"),
         "images": prev.get("images", {}),
         "feed_digest": prev.get("feed_digest"),
         "skip_reason": prev.get("skip_reason"),
-        **({"outcome": "skipped"} if prev.get("status") == "skipped" else {}),
     }
 
 
