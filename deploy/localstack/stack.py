@@ -44,6 +44,8 @@ LOCAL_SERVICE_SETTINGS: dict[str, dict[str, str]] = {
     # The replicas are ours and on loopback: no politeness delay; screen-size images only,
     # because the replica renders each file on first request (large ones take seconds).
     "crawler": {"PSS_CRAWL_RATE_PER_HOST": "0", "PSS_CRAWL_SIZES": "screen"},
+    # The hips2fits replica is ours too: no upstream rate limit.
+    "cutouts": {"PSS_UPSTREAM_RATE_PER_S": "0"},
 }
 
 

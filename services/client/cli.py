@@ -7,15 +7,16 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from services.api import common_pb2, crawler_pb2
+from services.api import common_pb2, crawler_pb2, cutouts_pb2
 from services.client.addresses import SERVICES, env_name
-from services.client.clients import TERMINAL_STATES, CrawlerClient, client_for
+from services.client.clients import TERMINAL_STATES, client_for
 from services.client.health import platform_health
 
 
@@ -165,23 +166,24 @@ def crawl_request(args: argparse.Namespace) -> crawler_pb2.StartCrawlRequest:
     )
 
 
-def cmd_crawl(args: argparse.Namespace) -> int:
-    request = crawl_request(args)
+def run_job_command(args: argparse.Namespace, service: str, what: str, start: Callable[[Any], common_pb2.Job]) -> int:
+    """Start a job on ``service`` with ``start(client)`` and follow it with a progress bar:
+    what every job command does (crawl, cutouts, ...). Exit 0 succeeded, 1 otherwise."""
     try:
-        client = CrawlerClient(args.address, timeout_s=args.timeout)
+        client = client_for(service, args.address, timeout_s=args.timeout)
     except ValueError as exc:  # e.g. a malformed PSS_LOCAL_PORT_BASE
         print(f"prettyspace: {exc}", file=sys.stderr)
         return 2
     with client:
         started = time.monotonic()
         try:
-            job = client.stub.StartCrawl(request, timeout=args.timeout)
+            job = start(client)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                setting = "--address" if args.address else env_name("crawler")
+                setting = "--address" if args.address else env_name(service)
                 print(
-                    f"prettyspace: crawler unreachable at {client.address} ({setting}): {exc.code().name}, "
-                    f"gave up after {time.monotonic() - started:.1f} s; is the crawler running?",
+                    f"prettyspace: {service} unreachable at {client.address} ({setting}): {exc.code().name}, "
+                    f"gave up after {time.monotonic() - started:.1f} s; is the {service} running?",
                     file=sys.stderr,
                 )
                 return 1
@@ -192,21 +194,21 @@ def cmd_crawl(args: argparse.Namespace) -> int:
             else:
                 print(job.id)
             return 0
-        print(f"crawl started: {job.id}", file=sys.stderr)
+        print(f"{what} started: {job.id}", file=sys.stderr)
         try:
             job = follow_with_progress(client.jobs, job.id)
         except KeyboardInterrupt:
             print(
-                f"\nprettyspace: stopped watching; the crawl goes on "
-                f"(prettyspace jobs watch {job.id} --service crawler, or jobs cancel)",
+                f"\nprettyspace: stopped watching; the {what} goes on "
+                f"(prettyspace jobs watch {job.id} --service {service}, or jobs cancel)",
                 file=sys.stderr,
             )
             return 130
         except grpc.RpcError as exc:
             print(
-                f"prettyspace: lost the crawler at {client.address} while following {job.id} "
-                f"({exc.code().name}: {exc.details()}); the crawl may still be running: "
-                f"prettyspace jobs watch {job.id} --service crawler",
+                f"prettyspace: lost the {service} at {client.address} while following {job.id} "
+                f"({exc.code().name}: {exc.details()}); the {what} may still be running: "
+                f"prettyspace jobs watch {job.id} --service {service}",
                 file=sys.stderr,
             )
             return 1
@@ -215,6 +217,39 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     else:
         print(format_job_summary(job))
     return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_crawl(args: argparse.Namespace) -> int:
+    request = crawl_request(args)
+    return run_job_command(args, "crawler", "crawl", lambda c: c.stub.StartCrawl(request, timeout=args.timeout))
+
+
+# -- prettyspace cutouts --------------------------------------------------------------------
+
+CUTOUT_SURVEYS = {"dss2-color": ["dss2-color"], "sdss9-color": ["sdss9-color"], "all": []}
+
+
+def _observation(text: str) -> crawler_pb2.ObservationKey:
+    source, sep, image_id = text.partition("/")
+    if not sep or source not in ("esahubble", "esawebb") or not image_id:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SOURCE/IMAGE_ID, e.g. esahubble/heic0506a")
+    return crawler_pb2.ObservationKey(source=CRAWL_SOURCES[source][0], image_id=image_id)
+
+
+def cutouts_request(args: argparse.Namespace) -> cutouts_pb2.StartCutoutBatchRequest:
+    return cutouts_pb2.StartCutoutBatchRequest(
+        observations=args.observation or [],
+        surveys=CUTOUT_SURVEYS[args.survey],
+        sources=CRAWL_SOURCES[args.source],
+        request_id=args.request_id or f"cli-{uuid.uuid4().hex}",
+    )
+
+
+def cmd_cutouts(args: argparse.Namespace) -> int:
+    request = cutouts_request(args)
+    return run_job_command(
+        args, "cutouts", "cutout batch", lambda c: c.stub.StartCutoutBatch(request, timeout=args.timeout)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the crawler to accept the crawl (default 10)",
     )
     crawl.set_defaults(func=cmd_crawl)
+
+    cutouts = sub.add_parser(
+        "cutouts",
+        help="survey cutouts (DSS2, SDSS9) matched to crawled observations (a cutouts batch job)",
+        description="Start a cutout batch on the cutouts service for every crawled observation of the "
+        "source(s) (or the given ones) and follow it with a progress bar. Cached cutouts cost nothing. "
+        "Exit status: 0 succeeded, 1 failed, cancelled or service unreachable, 2 bad arguments.",
+    )
+    cutouts.add_argument("--source", required=True, choices=tuple(CRAWL_SOURCES), help="which archive (all: both)")
+    cutouts.add_argument("--survey", required=True, choices=tuple(CUTOUT_SURVEYS), help="which survey (all: every one)")
+    cutouts.add_argument(
+        "--observation", type=_observation, action="append", metavar="SOURCE/ID", help="only these (repeatable)"
+    )
+    cutouts.add_argument("--request-id", type=_request_id, default=None, help="idempotency key (default: a new one)")
+    cutouts.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
+    cutouts.add_argument("--json", action="store_true", help="print the final job as JSON")
+    cutouts.add_argument("--address", help=f"cutouts host:port (default: {env_name('cutouts')})")
+    cutouts.add_argument(
+        "--timeout", type=_positive_seconds, default=10.0, metavar="S", help="seconds to wait for the service"
+    )
+    cutouts.set_defaults(func=cmd_cutouts)
     return parser
 
 
