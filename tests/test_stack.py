@@ -186,12 +186,17 @@ def test_replicas_of_the_real_sites_are_reachable_through_the_stack_settings(sta
 def test_demo_preview_shows_both_views_of_the_same_fields(stack: Stack, tmp_path) -> None:
     from PIL import Image
 
-    from deploy.localstack.demo import crawl_archives, preview_embedded_sky
+    from deploy.localstack.demo import crawl_archives, cut_surveys, preview_embedded_sky
 
     # The demo's main job: the stack's crawler crawls the archive replica (one listing page here).
     job = crawl_archives(stack, max_pages=1, sources=("esahubble",))
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job
     assert job.progress.counters["new"] > 10 and job.progress.counters["images"] > 10
+    # ... and the cutouts service cuts the surveys for what was crawled.
+    cut = cut_surveys(stack, sources=("esahubble",))
+    assert cut.state == common_pb2.JOB_STATE_SUCCEEDED, cut
+    assert cut.progress.counters["fetched"] >= 2 * job.progress.counters["new"]
+    assert cut.progress.counters.get("errors", 0) == 0
     paths = preview_embedded_sky(stack, tmp_path, count=2)
     assert len(paths) == 2
     for path in paths:

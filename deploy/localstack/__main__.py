@@ -14,7 +14,7 @@ import sys
 import time
 
 from deploy.localstack import triton
-from deploy.localstack.demo import crawl_archives, preview_embedded_sky
+from deploy.localstack.demo import crawl_archives, cut_surveys, preview_embedded_sky
 from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
 from services.api import common_pb2
 
@@ -90,7 +90,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if job.state != common_pb2.JOB_STATE_SUCCEEDED:
         print(f"  the crawl did not succeed: {job.error}")
         return 1
-    print("\nthe embedded sky, seen as the survey and as the crawled archive image:")
+    print("\nsurvey cutouts (DSS2, SDSS9) of every crawled observation (cached ones cost nothing):")
+    job = cut_surveys(stack)
+    counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
+    print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        print(f"  the cutouts did not succeed: {job.error}")
+        return 1
+    print("\nthe embedded sky, seen as the survey cutout and as the crawled archive image:")
     for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
         print(f"  {path}")
     print(

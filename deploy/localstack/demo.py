@@ -1,25 +1,24 @@
 """What `make demo` runs on the embedded sky until the gateway renders (#8): a crawl of
-both archive replicas by the crawler service (real Chromium, real S3), then, for a few
-crawled observations, the DSS2 survey view (fetched through the hips2fits replica with
-astroquery, as the cutout service will) at the WCS the crawler stored with the image,
-beside that stored image. Both come from the same local sky."""
+both archive replicas by the crawler service (real Chromium, real S3), then survey cutouts
+(DSS2, SDSS9) of every crawled observation by the cutouts service (through the hips2fits
+replica), then, for a few observations, the stored DSS2 cutout beside the crawled image of
+the same footprint. Both come from the same local sky."""
 
 from __future__ import annotations
 
 import io
 import json
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
-from astropy.wcs import WCS
-from astroquery.hips2fits import hips2fitsClass
 from PIL import Image, ImageDraw
 
 from deploy.localstack.stack import Stack
-from services.api import common_pb2, crawler_pb2
+from services.api import common_pb2, crawler_pb2, cutouts_pb2
 from services.client.cli import follow_with_progress
-from services.client.clients import CrawlerClient
+from services.client.clients import CrawlerClient, CutoutsClient
 
 KINDS = ("galaxy", "nebula", "cluster")
 
@@ -50,7 +49,7 @@ def side_by_side(survey: np.ndarray, outreach: Image.Image, title: str, credit: 
     canvas.paste(left, (0, caption))
     canvas.paste(outreach, (outreach.width + 10, caption))
     draw = ImageDraw.Draw(canvas)
-    draw.text((6, 8), f"DSS2 survey view (hips2fits replica) - {title}", fill=(230, 230, 230))
+    draw.text((6, 8), f"DSS2 cutout (cutouts service, hips2fits replica) - {title}", fill=(230, 230, 230))
     draw.text(
         (outreach.width + 16, 8), "crawled Hubble-like image (archive replica, synthetic sky)", fill=(230, 230, 230)
     )
@@ -72,26 +71,40 @@ def crawl_archives(stack: Stack, max_pages: int = 1, sources: tuple[str, ...] = 
         return follow_with_progress(client.jobs, job.id)
 
 
+def cut_surveys(stack: Stack, sources: tuple[str, ...] = ()) -> common_pb2.Job:
+    """Survey cutouts (every configured survey) for every crawled observation, through the
+    cutouts service; cached ones cost nothing, so a second run makes no upstream call."""
+    request = cutouts_pb2.StartCutoutBatchRequest(
+        sources=[crawler_pb2.Source.Value(f"SOURCE_{s.upper()}") for s in sources],
+        request_id=f"demo-{uuid.uuid4().hex}",
+    )
+    with CutoutsClient(stack.env()["PSS_CUTOUTS_ADDR"]) as client:
+        job = client.stub.StartCutoutBatch(request, timeout=30)
+        return follow_with_progress(client.jobs, job.id)
+
+
 def preview_embedded_sky(stack: Stack, out_dir: Path, count: int = 3) -> list[Path]:
+    """For a few crawled Hubble observations: the DSS2 cutout the cutouts service stored for
+    its footprint, beside the crawled image (same sky, same orientation)."""
     env = stack.env()
     truth = json.loads(_get(env["PSS_ESAHUBBLE_URL"] + "/_replica/truth"))
     store = stack.store()
-    hips2fits = hips2fitsClass()
-    hips2fits.server = env["PSS_HIPS2FITS_URL"]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     crawled = {k.split("/")[1] for k in store.list_keys("archive", "esahubble/") if k.endswith("/meta.json")}
-    for obs in pick_fields({"observations": {k: v for k, v in truth["observations"].items() if k in crawled}}, count):
-        meta = store.get_json("archive", f"esahubble/{obs['id']}/meta.json")
-        screen = meta["images"]["screen"]
-        header = dict(screen["wcs"])
-        width, height = header.pop("NAXIS1"), header.pop("NAXIS2")
-        wcs = WCS(header)
-        wcs.pixel_shape = (width, height)
-        survey = hips2fits.query_with_wcs(hips="CDS/P/DSS2/color", wcs=wcs, format="jpg")
-        outreach = Image.open(io.BytesIO(store.get_bytes("archive", screen["key"]))).convert("RGB")
-        path = out_dir / f"{obs['id']}-dss2-vs-hubble.png"
-        title = f"{obs['id']}: {meta['title']}"
-        side_by_side(survey, outreach, title, meta["credit"]).save(path)
-        written.append(path)
+    with CutoutsClient(env["PSS_CUTOUTS_ADDR"]) as client:
+        for obs in pick_fields(
+            {"observations": {k: v for k, v in truth["observations"].items() if k in crawled}}, count
+        ):
+            meta = store.get_json("archive", f"esahubble/{obs['id']}/meta.json")
+            key = crawler_pb2.ObservationKey(source=crawler_pb2.SOURCE_ESAHUBBLE, image_id=obs["id"])
+            cutout = client.stub.GetCutout(cutouts_pb2.CutoutRequest(observation=key, survey="dss2-color"), timeout=120)
+            survey = Image.open(io.BytesIO(store.get_bytes(cutout.png.bucket, cutout.png.key))).convert("RGB")
+            outreach = Image.open(io.BytesIO(store.get_bytes("archive", meta["images"]["screen"]["key"]))).convert(
+                "RGB"
+            )
+            path = out_dir / f"{obs['id']}-dss2-vs-hubble.png"
+            title = f"{obs['id']}: {meta['title']}"
+            side_by_side(np.asarray(survey), outreach, title, meta["credit"]).save(path)
+            written.append(path)
     return written
