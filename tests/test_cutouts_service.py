@@ -109,6 +109,9 @@ def test_a_footprint_cutout_is_stored_with_its_wcs_and_then_served_from_the_cach
         cube, stored = hdul[0].data, WCS(hdul[0].header).celestial
     assert cube.shape == (3, first.grid.height, first.grid.width) and np.nanstd(cube) > 1
     assert stored.wcs.crval == pytest.approx([header["CRVAL1"], header["CRVAL2"]])
+    info = store.stat(first.fits.bucket, first.fits.key)
+    assert json.loads(info.metadata["wcs"])["CRVAL1"] == pytest.approx(header["CRVAL1"])
+    assert json.loads(info.metadata["request"])["survey"] == "dss2-color"
     png = Image.open(io.BytesIO(store.get_bytes(first.png.bucket, first.png.key)))
     assert png.size == (first.grid.width, first.grid.height)
     again = get(service, footprint=footprint(*IN_SDSS), survey="dss2-color")

@@ -105,7 +105,16 @@ def save(
     fits_ref = png_ref = None
     if cube is not None and not reason:
         stem = object_stem(survey, key, source, image_id)
-        meta = {"footprint-key": key, "survey": survey}
+        # The grid and what was asked travel with each object (S3 metadata is ASCII, ~2 KB at most).
+        summary = {k: request[k] for k in ("survey", "hips", "upstream", "scale_arcsec", "grid") if k in request}
+        target = request.get("target", {})
+        summary["target"] = target if "image_id" in target else "footprint"
+        meta = {
+            "footprint-key": key,
+            "survey": survey,
+            "wcs": json.dumps(header, separators=(",", ":"), default=str),
+            "request": json.dumps(summary, separators=(",", ":"), default=str),
+        }
         fits_ref = _ref(
             store.put_bytes(BUCKET, f"{stem}.fits", fits_bytes(cube, wcs, hips, request), "application/fits", meta)
         )
