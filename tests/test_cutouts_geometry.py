@@ -404,6 +404,24 @@ def test_mosaic_of_tiles_is_the_whole_exactly(client: hips2fitsClass) -> None:
     assert np.nanmax(np.abs(out - whole)) < 1e-3
 
 
+def test_tiles_off_the_target_pixels_are_reprojected() -> None:
+    """A tile whose grid does not sit on the target's pixels (half a pixel off) goes through
+    reproject: a smooth image comes back interpolated, not pasted half a pixel wrong."""
+    grid = WCS(naxis=2)
+    grid.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    grid.wcs.crval, grid.wcs.crpix, grid.wcs.cdelt = [150.0, 2.0], [40.5, 30.5], [-1 / 3600, 1 / 3600]
+    grid.pixel_shape = (80, 60)
+    yy, xx = np.mgrid[0:60, 0:80].astype(np.float32)
+    smooth = np.stack([xx, yy, xx + yy])  # linear ramps: bilinear interpolation is exact on them
+    shifted = grid.deepcopy()
+    shifted.wcs.crpix = grid.wcs.crpix + np.array([0.5, 0.0])  # the tile's pixel i is the target's i - 0.5
+    tile = geometry.Tile(0, 0, 80, 60, shifted)
+    values = np.stack([xx - 0.5, yy, xx - 0.5 + yy])  # what the sky holds on the shifted grid
+    out = geometry.mosaic([(tile, values)], grid, (80, 60))
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(out[inner], smooth[inner], atol=1e-3)
+
+
 def test_mosaic_of_fetched_tiles_matches_a_single_request(client: hips2fitsClass, sky: Sky) -> None:
     """Each tile asked of the stand-in on its own comes back on exactly the tile's grid and the
     mosaic lines up with one request of the whole: no seam, stars where the WCS says. Pixel values

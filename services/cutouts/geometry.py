@@ -339,25 +339,28 @@ def tiles(wcs: WCS, shape: tuple[int, int], max_side: int, max_pixels: int) -> l
     return out
 
 
-def _aligned(tile_wcs: WCS, target: WCS, shape: tuple[int, int], tolerance: float = 1e-3) -> bool:
-    """Whether the tile's pixel centres fall on the target's (a grid cut by tiles(), returned as asked)."""
+def _offset(tile_wcs: WCS, target: WCS, shape: tuple[int, int], tolerance: float = 1e-3) -> tuple[int, int] | None:
+    """Where the tile sits in the target grid when its pixel centres fall exactly on the target's
+    (a grid cut by tiles(), returned as asked): the (x, y) of its first pixel; else None."""
     w, h = shape
     xs, ys = np.array([0, w - 1, 0, w - 1, (w - 1) / 2]), np.array([0, 0, h - 1, h - 1, (h - 1) / 2])
     tx, ty = target.world_to_pixel_values(*tile_wcs.pixel_to_world_values(xs, ys))
     steps = np.concatenate([tx - xs, ty - ys])
-    return bool(
+    if not (
         np.all(np.isfinite(steps))
         and np.ptp(steps[:5]) < tolerance
         and np.ptp(steps[5:]) < tolerance
         and np.all(np.abs(steps - np.round(steps)) < tolerance)
-    )
+    ):
+        return None
+    return round(float(steps[0])), round(float(steps[5]))
 
 
 def mosaic(parts: list[tuple[Tile, np.ndarray]], wcs: WCS, shape: tuple[int, int]) -> np.ndarray:
     """(C, height, width) float32 of the whole grid from (tile, (C, h, w) cube) parts, each cube on
-    its tile's WCS (what hips2fits returned). Coadded with reproject: tiles whose pixels sit on the
-    target's (the normal case) are taken nearest-neighbour, which is exact and keeps blank (NaN)
-    areas from bleeding into their neighbours; otherwise bilinear. A pixel no tile covers is NaN."""
+    its tile's WCS (what hips2fits returned). Tiles whose pixels sit on the target's (the normal
+    case) are placed as they are: exact, seamless, and blank (NaN) areas do not bleed into their
+    neighbours; any other tile is coadded with reproject (bilinear). A pixel no tile covers is NaN."""
     if not parts:
         raise ValueError("no tiles to mosaic")
     width, height = int(shape[0]), int(shape[1])
@@ -365,8 +368,17 @@ def mosaic(parts: list[tuple[Tile, np.ndarray]], wcs: WCS, shape: tuple[int, int
     if len(channels) != 1:
         raise ValueError(f"tiles disagree on the number of channels: {sorted(channels)}")
     target = wcs.celestial
-    aligned = all(_aligned(tile.wcs, target, (tile.width, tile.height)) for tile, _ in parts)
-    out = np.empty((channels.pop(), height, width), dtype=np.float32)
+    out = np.full((channels.pop(), height, width), np.nan, dtype=np.float32)
+    offsets = [_offset(tile.wcs, target, (tile.width, tile.height)) for tile, _ in parts]
+    if all(
+        o is not None and 0 <= o[0] <= width - t.width and 0 <= o[1] <= height - t.height
+        for o, (t, _) in zip(offsets, parts, strict=True)
+    ):
+        # Tiles on the target's own pixels (the normal case): what reproject would compute
+        # nearest-neighbour, without its coordinate transforms.
+        for (x0, y0), (tile, cube) in zip(offsets, parts, strict=True):  # type: ignore[misc]
+            out[:, y0 : y0 + tile.height, x0 : x0 + tile.width] = cube
+        return out
     for c in range(out.shape[0]):
         inputs = [(np.asarray(cube[c], dtype=np.float64), tile.wcs) for tile, cube in parts]
         plane, _ = reproject_and_coadd(
@@ -376,7 +388,6 @@ def mosaic(parts: list[tuple[Tile, np.ndarray]], wcs: WCS, shape: tuple[int, int
             reproject_function=reproject_interp,
             combine_function="mean",
             blank_pixel_value=np.nan,
-            order="nearest-neighbor" if aligned else "bilinear",
         )
         out[c] = plane
     return out
