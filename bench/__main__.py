@@ -1,4 +1,4 @@
-"""`python -m bench [stack|objectstore|universe|replicas|crawler|all] [--quick]`: run benchmarks, print a
+"""`python -m bench [stack|objectstore|universe|replicas|crawler|cutouts|all] [--quick]`: run benchmarks, print a
 table, write bench/results/<name>.json (with machine info and a timestamp)."""
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from bench import crawler_throughput, objectstore_throughput, replica_pages, stack_startup, universe_render
+from bench import (
+    crawler_throughput,
+    cutouts_latency,
+    objectstore_throughput,
+    replica_pages,
+    stack_startup,
+    universe_render,
+)
 from bench.common import write_results
 
 BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
@@ -20,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "universe": ("universe_render", universe_render),
     "replicas": ("replica_pages", replica_pages),
     "crawler": ("crawler_throughput", crawler_throughput),
+    "cutouts": ("cutouts_latency", cutouts_latency),
 }
 
 

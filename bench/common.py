@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -65,3 +67,33 @@ def write_results(name: str, results: dict[str, Any], quick: bool) -> Path:
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
+
+
+class ChildServer:
+    """A server (a replica) run in a child process, so that it shares no GIL with the
+    benchmark's client threads. ``target(pipe, *args)`` starts the server, sends what the
+    parent needs first (URLs), then answers commands sent with ``call`` until "stop"."""
+
+    def __init__(self, target: Any, args: tuple[Any, ...], name: str, start_timeout_s: float = 600) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipe, child = context.Pipe()
+        self.name = name
+        self.proc = context.Process(target=target, args=(child, *args), daemon=True, name=name)
+        self.proc.start()
+        if not self.pipe.poll(start_timeout_s):
+            raise RuntimeError(f"{name} did not start")
+        self.hello: Any = self.pipe.recv()
+
+    def call(self, command: str, timeout_s: float = 300) -> Any:
+        self.pipe.send(command)
+        if not self.pipe.poll(timeout_s):
+            raise RuntimeError(f"{self.name} did not answer {command!r}")
+        return self.pipe.recv()
+
+    def stop(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.pipe.send("stop")
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=10)

@@ -39,11 +39,9 @@ crawler, its browser, the object store and the replicas share few cores.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html.parser
 import http.client
 import json
-import multiprocessing
 import re
 import statistics
 import tempfile
@@ -58,7 +56,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench.common import MIB, summarize, table
+from bench.common import MIB, ChildServer, summarize, table
 from deploy.localstack.stack import REPO_ROOT, Stack
 from services.api import common_pb2, crawler_pb2
 from services.client.clients import CrawlerClient
@@ -96,7 +94,7 @@ def _kind(path: str) -> str:
 # -- the replicas, in a child process ------------------------------------------------------
 
 
-def _serve(sites: tuple[str, ...], cache_dir: str, screen_width: int, pipe: Any) -> None:
+def _serve(pipe: Any, sites: tuple[str, ...], cache_dir: str, screen_width: int) -> None:
     """Child process: one replica per site; answers commands from the parent over ``pipe``."""
     from services.universe.replicas.archive import ArchiveReplica
     from services.universe.sky import Sky
@@ -141,31 +139,12 @@ def _serve(sites: tuple[str, ...], cache_dir: str, screen_width: int, pipe: Any)
             r.stop()
 
 
-class _Replicas:
+class _Replicas(ChildServer):
+    """The archive replicas in a child process."""
+
     def __init__(self, sites: tuple[str, ...], screen_width: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.pipe, child = context.Pipe()
-        self.proc = context.Process(
-            target=_serve, args=(sites, str(CACHE_DIR), screen_width, child), daemon=True, name="replicas"
-        )
-        self.proc.start()
-        if not self.pipe.poll(600):
-            raise RuntimeError("the replicas did not start")
-        self.urls: dict[str, str] = self.pipe.recv()
-
-    def call(self, command: str) -> Any:
-        self.pipe.send(command)
-        if not self.pipe.poll(300):
-            raise RuntimeError(f"the replicas did not answer {command!r}")
-        return self.pipe.recv()
-
-    def stop(self) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.pipe.send("stop")
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(timeout=10)
+        super().__init__(_serve, (sites, str(CACHE_DIR), screen_width), "replicas")
+        self.urls: dict[str, str] = self.hello
 
 
 def _urlopen(url: str) -> bytes:
