@@ -26,6 +26,7 @@ from services.universe.replicas.hips2fits import Hips2FitsReplica
 from services.universe.replicas.httpbase import Response
 from services.universe.sky import Sky
 from tests.support.processes import service_process
+from tests.support.slow_hips2fits import SlowReplica
 
 REPO = Path(__file__).resolve().parents[1]
 # A field inside SDSS's footprint (the north Galactic cap) and one far outside it.
@@ -50,7 +51,7 @@ def store(stack):
 
 @pytest.fixture(scope="module")
 def hips2fits():
-    replica = Hips2FitsReplica(Sky()).start()
+    replica = SlowReplica(Sky(), delay_s=0.0).start()  # slowed down by the kill test only
     yield replica
     replica.stop()
 
@@ -255,3 +256,45 @@ def test_metrics(service) -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).read().decode()
     assert 'prettyspace_cutouts_cache_total{result="hit",survey="dss2-color"}' in text
     assert "prettyspace_cutouts_upstream_requests_total" in text and "prettyspace_cutouts_unavailable_total" in text
+
+
+def test_a_batch_killed_half_way_resumes_without_fetching_anything_twice(
+    stack, tmp_path, settings, store, service, hips2fits
+) -> None:
+    """kill -9 of a cutouts process in the middle of a batch: another process of the service
+    (the module's, with the same settings) resumes the job from its checkpoint; what was stored
+    before the kill comes from the cache."""
+    ids = []
+    for i in range(10):
+        ident, ra, dec = f"heic98{i:02d}a", 30.0 + 0.3 * i, 20.0
+        meta = {
+            "id": ident, "source": "esawebb", "center": {"ra_deg": ra, "dec_deg": dec}, "north_angle_deg": 10.0 * i,
+            "fov_arcmin": {"x": 2.0, "y": 1.5}, "pixel_size": {"width": 400, "height": 300}, "wcs": None,
+        }  # fmt: skip
+        store.put_json("archive", f"esawebb/{ident}/meta.json", meta)
+        ids.append(crawler_pb2.ObservationKey(source=crawler_pb2.SOURCE_ESAWEBB, image_id=ident))
+    hips2fits.delay_s = 0.4
+    before = upstream_calls(hips2fits)
+    doomed = service_process(stack, ["services", "cutouts"], tmp_path, "cutouts-doomed", **settings).start()
+    try:
+        with CutoutsClient(doomed.address) as client:
+            job = client.stub.StartCutoutBatch(
+                cutouts_pb2.StartCutoutBatchRequest(observations=ids, surveys=["dss2-color"], request_id="kill-test")
+            )
+            while client.jobs.get(job.id).progress.done < 4:
+                assert client.jobs.get(job.id).state == common_pb2.JOB_STATE_RUNNING
+        doomed.kill()
+        stored_at_kill = set(store.list_keys("cutouts", "dss2-color/keys/"))
+        with CutoutsClient(service.address) as client:
+            final = client.jobs.follow(job.id, timeout_s=300)
+    finally:
+        doomed.stop()
+        hips2fits.delay_s = 0.0
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED and final.attempts == 2
+    counters = final.progress.counters
+    assert counters["fetched"] + counters.get("cached", 0) == 10 and counters.get("errors", 0) == 0
+    # every cutout fetched once, but those in flight at the kill (at most the upstream concurrency)
+    assert 10 <= upstream_calls(hips2fits) - before <= 12
+    assert len(set(store.list_keys("cutouts", "dss2-color/keys/")) - stored_at_kill) <= 10 - 4
+    for key in ids:
+        assert store.exists("cutouts", f"dss2-color/esawebb/{key.image_id}.fits")

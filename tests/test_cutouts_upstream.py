@@ -20,8 +20,9 @@ from services.cutouts.upstream import Hips2Fits, UnknownHips, UpstreamError, Ups
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.universe.render import in_survey_footprint, render_survey
 from services.universe.replicas.hips2fits import PATH, Hips2FitsReplica, to_uint8
-from services.universe.replicas.httpbase import Request, Response
+from services.universe.replicas.httpbase import Response
 from services.universe.sky import Sky
+from tests.support.slow_hips2fits import SlowReplica
 
 DSS, SDSS = "CDS/P/DSS2/color", "CDS/P/SDSS9/color"
 SDSS_INSIDE, SDSS_OUTSIDE = (180.0, 30.0), (10.0, -30.0)
@@ -46,28 +47,6 @@ def expected_cube(data: np.ndarray) -> np.ndarray:
     cube = data.astype(np.float32)
     cube[:, blank_mask(cube)] = np.nan
     return cube
-
-
-class SlowReplica(Hips2FitsReplica):
-    """The stand-in answering each cutout after ``delay_s``, counting the requests it is serving."""
-
-    def __init__(self, sky: Sky, delay_s: float) -> None:
-        super().__init__(sky)
-        self.delay_s = delay_s
-        self.in_flight = 0
-        self.peak = 0
-        self._gauge = threading.Lock()
-
-    def _cutout(self, request: Request) -> Response:
-        with self._gauge:
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-        try:
-            time.sleep(self.delay_s)
-            return super()._cutout(request)
-        finally:
-            with self._gauge:
-                self.in_flight -= 1
 
 
 @pytest.fixture(scope="module")
