@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -298,3 +299,24 @@ def test_a_batch_killed_half_way_resumes_without_fetching_anything_twice(
     assert len(set(store.list_keys("cutouts", "dss2-color/keys/")) - stored_at_kill) <= 10 - 4
     for key in ids:
         assert store.exists("cutouts", f"dss2-color/esawebb/{key.image_id}.fits")
+
+
+def test_two_replicas_asking_for_a_new_footprint_at_once_fetch_it_once(
+    stack, tmp_path, settings, service, hips2fits
+) -> None:
+    """The module's service and a second process of the service, asked for the same new
+    footprint at the same time: one fetches, the other waits for its record."""
+    other = service_process(stack, ["services", "cutouts"], tmp_path, "cutouts-replica-2", **settings).start()
+    hips2fits.delay_s = 1.0
+    before = upstream_calls(hips2fits)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda proc: get(proc, footprint=footprint(77.0, 7.0), survey="dss2-color"), [service, other])
+            )
+    finally:
+        hips2fits.delay_s = 0.0
+        other.stop()
+    assert upstream_calls(hips2fits) - before == 1
+    assert sorted(a.cached for a in answers) == [False, True]
+    assert answers[0].fits.sha256 == answers[1].fits.sha256

@@ -48,6 +48,11 @@ def record_key(survey: str, key: str) -> str:
     return f"{survey}/keys/{key}.json"
 
 
+def pending_key(survey: str, key: str) -> str:
+    """The marker of a fetch in progress (by which process, since when)."""
+    return f"{survey}/keys/{key}.pending"
+
+
 def object_stem(survey: str, key: str, source: str = "", image_id: str = "") -> str:
     return f"{survey}/{source}/{image_id}" if source and image_id else f"{survey}/footprints/{key}"
 
