@@ -102,6 +102,7 @@ def test_a_footprint_cutout_is_stored_with_its_wcs_and_then_served_from_the_cach
     before = upstream_calls(hips2fits)
     first = get(service, footprint=footprint(*IN_SDSS), survey="dss2-color")
     assert first.available and not first.cached and first.survey == "dss2-color"
+    assert "Digitized Sky Survey" in first.credit
     assert upstream_calls(hips2fits) == before + 1
     header = json.loads(first.wcs_header_json)
     assert (header["NAXIS1"], header["NAXIS2"]) == (first.grid.width, first.grid.height)

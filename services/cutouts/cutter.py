@@ -138,6 +138,7 @@ class Cutter:
             datetime.now(UTC).isoformat(timespec="seconds"),
             source,
             image_id,
+            survey.credit,
         )
         return Result(record, False)
 

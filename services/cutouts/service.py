@@ -84,6 +84,7 @@ def to_proto(result: Result) -> cutouts_pb2.Cutout:
         cached=result.cached,
         grid=common_pb2.PixelGrid(width=record.wcs_header["NAXIS1"], height=record.wcs_header["NAXIS2"]),
         footprint_key=record.key,
+        credit=record.credit,
         **refs,
     )
 

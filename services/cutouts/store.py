@@ -39,6 +39,7 @@ class Record:
     png: dict[str, Any] | None
     request: dict[str, Any]  # what was asked: target, scale, hips, upstream URL
     created: str
+    credit: str = ""  # the survey's credit line, which travels with its pixels
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -68,13 +69,15 @@ def _ref(info: ObjectInfo) -> dict[str, Any]:
     return {"bucket": info.bucket, "key": info.key, "sha256": info.sha256, "size": info.size}
 
 
-def fits_bytes(cube: np.ndarray, wcs: WCS, survey_hips: str, request: dict[str, Any]) -> bytes:
+def fits_bytes(cube: np.ndarray, wcs: WCS, survey_hips: str, request: dict[str, Any], credit: str = "") -> bytes:
     """(3, H, W) float32, NaN where the survey has no data, with the grid's WCS."""
     header = wcs.to_header()
     header["HIPS"] = (survey_hips, "HiPS the pixels come from (via hips2fits)")
     header["BUNIT"] = ("", "8-bit colour HiPS values, 0..255")
     header["ORIGIN"] = "Prettier Space Survey cutouts"
     header["COMMENT"] = DISCLAIMER
+    if credit:
+        header["COMMENT"] = f"Credit: {credit}"
     header["HISTORY"] = json.dumps(request, sort_keys=True)[:2000]
     out = io.BytesIO()
     fits.PrimaryHDU(cube.astype(np.float32), header=header).writeto(out)
@@ -103,6 +106,7 @@ def save(
     created: str,
     source: str = "",
     image_id: str = "",
+    credit: str = "",
 ) -> Record:
     """Store the pixels (when available) then the record: the record is the commit."""
     header = {k: v for k, v in wcs.to_header().items()}
@@ -121,9 +125,11 @@ def save(
             "request": json.dumps(summary, separators=(",", ":"), default=str),
         }
         fits_ref = _ref(
-            store.put_bytes(BUCKET, f"{stem}.fits", fits_bytes(cube, wcs, hips, request), "application/fits", meta)
+            store.put_bytes(
+                BUCKET, f"{stem}.fits", fits_bytes(cube, wcs, hips, request, credit), "application/fits", meta
+            )
         )
         png_ref = _ref(store.put_bytes(BUCKET, f"{stem}.png", png_bytes(cube), "image/png", meta))
-    record = Record(survey, key, not reason, reason, header, fits_ref, png_ref, request, created)
+    record = Record(survey, key, not reason, reason, header, fits_ref, png_ref, request, created, credit)
     store.put_json(BUCKET, record_key(survey, key), record.to_json())
     return record

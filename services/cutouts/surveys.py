@@ -24,11 +24,22 @@ KNOWN_SCALES_ARCSEC = {
 }
 
 
+# The credit line each survey's pixels travel with (Credit.md has the full acknowledgements).
+CREDITS = {
+    "CDS/P/DSS2/color": "Digitized Sky Survey - STScI/NASA, Colored & Healpixed by CDS; cutout by CDS hips2fits",
+    "CDS/P/SDSS9/color": "Sloan Digital Sky Survey DR9 (SDSS-III), HiPS by CDS; cutout by CDS hips2fits",
+}
+
+
 @dataclass(frozen=True)
 class Survey:
     slug: str  # "dss2-color": API, CLI and object-key name
     hips: str  # "CDS/P/DSS2/color": what hips2fits is asked for
     native_scale_arcsec: float  # pixel scale of the survey's deepest HiPS order
+
+    @property
+    def credit(self) -> str:
+        return CREDITS.get(self.hips, f"{self.hips} (HiPS); cutout by CDS hips2fits")
 
 
 def slug(hips: str) -> str:
