@@ -30,6 +30,7 @@ from services.crawler.browser import browser_available
 from services.universe.replicas.archive import ArchiveReplica
 from services.universe.replicas.httpbase import Response
 from services.universe.sky import Sky
+from tests.support.private_stack import private_stack_fixtures
 from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.skipif(
@@ -48,20 +49,7 @@ DONE = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """A store of this module's own: no other crawler process may resume its jobs."""
-    from deploy.localstack.stack import Stack
-
-    stack = Stack.ephemeral(tmp_path_factory.mktemp("crawl-stack"), services=(), with_triton=False, with_replicas=False)
-    stack.start(timeout_s=120)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="module")
-def store(stack):
-    return stack.store()
+stack, store = private_stack_fixtures("crawl")
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,16 @@ import json
 import grpc
 import pytest
 
-from deploy.localstack.stack import Stack
 from services.api import crawler_pb2, curator_pb2
 from services.client.clients import CuratorClient
 from services.curator import blacklist
+from tests.support.private_stack import private_stack_fixtures
 from tests.support.processes import service_process
 
 HUBBLE, WEBB = crawler_pb2.SOURCE_ESAHUBBLE, crawler_pb2.SOURCE_ESAWEBB
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack.ephemeral(
-        tmp_path_factory.mktemp("curator-stack"), services=(), with_triton=False, with_replicas=False
-    )
-    stack.start(timeout_s=120)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="module")
-def store(stack):
-    return stack.store()
+stack, store = private_stack_fixtures("curator")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from deploy.localstack.stack import Stack
 from services.api import common_pb2, crawler_pb2, cutouts_pb2
 from services.client.clients import CutoutsClient
 from services.universe.replicas.hips2fits import Hips2FitsReplica
 from services.universe.replicas.httpbase import Response
 from services.universe.sky import Sky
+from tests.support.private_stack import private_stack_fixtures
 from tests.support.processes import service_process
 from tests.support.slow_hips2fits import SlowReplica
 
@@ -35,19 +35,7 @@ IN_SDSS = (185.0, 15.0)
 OUT_OF_SDSS = (300.0, -60.0)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack.ephemeral(
-        tmp_path_factory.mktemp("cutouts-stack"), services=(), with_triton=False, with_replicas=False
-    )
-    stack.start(timeout_s=120)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="module")
-def store(stack):
-    return stack.store()
+stack, store = private_stack_fixtures("cutouts")
 
 
 @pytest.fixture(scope="module")

@@ -83,20 +83,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return code
     stack = Stack.load(DEFAULT_ROOT)
     assert stack is not None
-    print("\ncrawling the archive replicas (first listing page of each; incremental after the first run):")
-    job = crawl_archives(stack)
-    counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
-    print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
-    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
-        print(f"  the crawl did not succeed: {job.error}")
-        return 1
-    print("\nsurvey cutouts (DSS2, SDSS9) of every crawled observation (cached ones cost nothing):")
-    job = cut_surveys(stack)
-    counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
-    print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
-    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
-        print(f"  the cutouts did not succeed: {job.error}")
-        return 1
+    steps = (
+        ("crawling the archive replicas (first listing page of each; incremental after the first run)", crawl_archives),
+        ("survey cutouts (DSS2, SDSS9) of every crawled observation (cached ones cost nothing)", cut_surveys),
+    )
+    for title, step in steps:
+        print(f"\n{title}:")
+        job = step(stack)
+        counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
+        print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            print(f"  it did not succeed: {job.error}")
+            return 1
     print("\nthe embedded sky, seen as the survey cutout and as the crawled archive image:")
     for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
         print(f"  {path}")
