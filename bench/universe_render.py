@@ -18,12 +18,11 @@ import time
 from typing import Any
 
 import numpy as np
-from astropy.wcs import WCS
 
 from bench.common import summarize, table
 from services.universe import sky as sky_module
 from services.universe.grid import Grid
-from services.universe.render import SURVEYS, render_outreach, render_survey
+from services.universe.render import SURVEYS, render_outreach, render_survey, tan_wcs
 from services.universe.sky import Sky
 
 # A sparse field and the densest one each survey covers (SDSS stays above |b| ~ 10 deg).
@@ -32,17 +31,6 @@ FIELDS = {
     "CDS/P/SDSS9/color": {"high-latitude": (185.0, 15.0), "low-latitude": (108.0, 38.0)},
 }
 SCALES = {"CDS/P/DSS2/color": 1.0, "CDS/P/SDSS9/color": 0.4}
-
-
-def _wcs(ra: float, dec: float, scale_arcsec: float, shape: tuple[int, int], rotation_deg: float = 0.0) -> WCS:
-    h, w = shape
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [ra, dec]
-    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
-    s, t = scale_arcsec / 3600.0, np.radians(rotation_deg)
-    wcs.wcs.cd = np.array([[-s * np.cos(t), s * np.sin(t)], [s * np.sin(t), s * np.cos(t)]])
-    return wcs
 
 
 def _cold() -> None:
@@ -82,12 +70,12 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     repeats = repeats or (1 if quick else 3)
     sizes = (512, 1024) if quick else (512, 1024, 2048)
     sky = Sky()
-    render_survey(sky, _wcs(10.0, 10.0, 1.0, (32, 32)), (32, 32), SURVEYS[0])  # one-time loading (real data)
+    render_survey(sky, tan_wcs(10.0, 10.0, 1.0, (32, 32)), (32, 32), SURVEYS[0])  # one-time loading (real data)
     survey: list[dict[str, Any]] = []
     for hips in SURVEYS:
         for field, (ra, dec) in FIELDS[hips].items():
             for size in sizes:
-                wcs = _wcs(ra, dec, SCALES[hips], (size, size))
+                wcs = tan_wcs(ra, dec, SCALES[hips], (size, size))
                 grid = Grid(wcs, (size, size))
                 renders, catalogues, stamps = [], [], []
                 n_sources = 0
@@ -112,7 +100,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
                 )
     outreach: list[dict[str, Any]] = []
     for target, style, (ra, dec, scale) in _outreach_targets(sky):
-        wcs = _wcs(ra, dec, scale, (768, 1024), rotation_deg=30.0)
+        wcs = tan_wcs(ra, dec, scale, (768, 1024), rotation_deg=30.0)
         times = [_timed(lambda w=wcs, st=style: render_outreach(sky, w, (768, 1024), st))[0] for _ in range(repeats)]
         outreach.append(
             {"target": target, "style": style, "shape": "1024x768", "scale": scale, "render_s": summarize(times)}

@@ -13,6 +13,9 @@ import pytest
 from deploy.localstack.stack import Stack, StackError
 from services.runtime.objectstore import ObjectStore
 
+# sky, replica and client of the hips2fits stand-in (module scoped), for the tests that use them.
+pytest_plugins = ["tests.support.hips2fits_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import astropy.units as u
 import grpc
@@ -25,7 +24,6 @@ from services.cutouts.surveys import DEFAULT_SURVEYS, Survey, parse_surveys, slu
 from services.runtime.errors import InvalidArgument
 from services.universe.render import in_survey_footprint
 from services.universe.replicas.archive_avm import FieldWcs
-from services.universe.replicas.hips2fits import Hips2FitsReplica
 from services.universe.sky import Sky
 from tests.support.stars import centroid_offsets, isolated_bright_stars
 
@@ -33,25 +31,6 @@ DSS, SDSS = "CDS/P/DSS2/color", "CDS/P/SDSS9/color"
 SURVEYS = {s.hips: s for s in parse_surveys(DEFAULT_SURVEYS).values()}
 LIMITS = Limits()
 OUTREACH = (1000, 750)  # outreach grid (px): survey grids come out ~500 x 380 at the native scales
-
-
-@pytest.fixture(scope="module")
-def sky() -> Sky:
-    return Sky()
-
-
-@pytest.fixture(scope="module")
-def replica(sky: Sky) -> Iterator[Hips2FitsReplica]:
-    server = Hips2FitsReplica(sky).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(replica: Hips2FitsReplica) -> hips2fitsClass:
-    h = hips2fitsClass()
-    h.server = replica.endpoint
-    return h
 
 
 def fetch(client: hips2fitsClass, hips: str, wcs: WCS) -> tuple[np.ndarray, WCS]:

@@ -49,18 +49,6 @@ def expected_cube(data: np.ndarray) -> np.ndarray:
     return cube
 
 
-@pytest.fixture(scope="module")
-def sky() -> Sky:
-    return Sky()
-
-
-@pytest.fixture(scope="module")
-def replica(sky: Sky) -> Iterator[Hips2FitsReplica]:
-    server = Hips2FitsReplica(sky).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def slow(sky: Sky) -> Iterator[SlowReplica]:
     server = SlowReplica(sky, delay_s=0.3)

@@ -10,7 +10,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 
 import astropy.units as u
 import numpy as np
@@ -27,25 +26,6 @@ from services.universe.sky import Sky
 from tests.support.stars import centroid_offsets, isolated_bright_stars
 
 DSS, SDSS = "CDS/P/DSS2/color", "CDS/P/SDSS9/color"
-
-
-@pytest.fixture(scope="module")
-def sky() -> Sky:
-    return Sky()
-
-
-@pytest.fixture(scope="module")
-def replica(sky: Sky) -> Iterator[Hips2FitsReplica]:
-    server = Hips2FitsReplica(sky).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(replica: Hips2FitsReplica) -> hips2fitsClass:
-    h = hips2fitsClass()
-    h.server = replica.url + PATH  # the instance attribute astroquery requests go to
-    return h
 
 
 def fetch(url: str, params: dict[str, object]) -> tuple[int, bytes, str]:

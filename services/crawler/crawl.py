@@ -44,6 +44,7 @@ from services.crawler.sites import SiteProfile
 from services.crawler.state import ARCHIVE, BUCKET, CrawlState, image_key, meta_key, now_iso
 from services.runtime.jobs import JobContext
 from services.runtime.logs import fields
+from services.runtime.objectstore import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
@@ -673,10 +674,10 @@ def _listing_fields(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_meta(store: Any, source: str, ident: str) -> dict[str, Any] | None:
-    key = meta_key(source, ident)
-    if not store.exists(ARCHIVE, key):
+    try:  # one request, not exists() then get (this runs for every item of every crawl)
+        return store.get_json(ARCHIVE, meta_key(source, ident))
+    except ObjectNotFound:
         return None
-    return store.get_json(ARCHIVE, key)
 
 
 def _result(prev: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from astropy.wcs import WCS
 from skimage.draw import ellipse, polygon
 
 from services.curator import baseline, colour, masks
-from services.universe.render import OutreachDefects, render_outreach, render_survey
+from services.universe.render import OutreachDefects, render_outreach, render_survey, tan_wcs
 from services.universe.sky import DEFAULT_SEED, Sky
 from services.universe.surveys import DSS2, SDSS9, dss_one_colour
 
@@ -51,17 +50,6 @@ class Case:
     label: bool  # True: the filter should fire
     image: np.ndarray  # (H, W, 3) uint8 outreach, or (3, H, W) float32 survey cube
     truth: np.ndarray | None = None  # true missing-data mask (None: not known exactly)
-
-
-def tan_wcs(ra: float, dec: float, scale_arcsec: float, shape: tuple[int, int], rotation_deg: float = 0.0) -> WCS:
-    h, w = shape
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [ra, dec]
-    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
-    s, t = scale_arcsec / 3600.0, np.radians(rotation_deg)
-    wcs.wcs.cd = np.array([[-s * np.cos(t), s * np.sin(t)], [s * np.sin(t), s * np.cos(t)]])
-    return wcs
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from services.runtime.objectstore import ObjectInfo, ObjectStore
+from services.runtime.objectstore import ObjectInfo, ObjectNotFound, ObjectStore
 
 BUCKET = "cutouts"
 DISCLAIMER = "Survey pixels (not an outreach image)"
@@ -59,10 +59,10 @@ def object_stem(survey: str, key: str, source: str = "", image_id: str = "") -> 
 
 
 def lookup(store: ObjectStore, survey: str, key: str) -> Record | None:
-    name = record_key(survey, key)
-    if not store.exists(BUCKET, name):
+    try:  # one request, not exists() then get: this is every cutout's first step
+        return Record(**store.get_json(BUCKET, record_key(survey, key)))
+    except ObjectNotFound:
         return None
-    return Record(**store.get_json(BUCKET, name))
 
 
 def _ref(info: ObjectInfo) -> dict[str, Any]:

@@ -23,6 +23,19 @@ OUTREACH_STYLES: tuple[str, ...] = tuple(outreach.TELESCOPES)
 __all__ = ["OUTREACH_STYLES", "SURVEYS", "OutreachDefects", "in_survey_footprint", "render_outreach", "render_survey"]
 
 
+def tan_wcs(ra: float, dec: float, scale_arcsec: float, shape: tuple[int, int], rotation_deg: float = 0.0) -> WCS:
+    """A TAN WCS centred on (ra, dec) for an image of ``shape`` (height, width): square pixels
+    of ``scale_arcsec``, north rotated ``rotation_deg`` (left positive) - a view to render."""
+    h, w = shape
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
+    s, t = scale_arcsec / 3600.0, np.radians(rotation_deg)
+    wcs.wcs.cd = np.array([[-s * np.cos(t), s * np.sin(t)], [s * np.sin(t), s * np.cos(t)]])
+    return wcs
+
+
 def _grid(wcs: WCS, shape: tuple[int, int]) -> Grid:
     h, w = (int(v) for v in shape)
     if h <= 0 or w <= 0:
