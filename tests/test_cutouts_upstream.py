@@ -132,19 +132,23 @@ def _fetch_in_threads(client: Hips2Fits, n: int, hips: str = DSS, size: int = 32
 
 
 def test_rate_limit_spreads_requests(replica: Hips2FitsReplica) -> None:
+    # Warm the stand-in first: a cold first render would shift the first log stamp by itself.
+    _fetch_in_threads(Hips2Fits(policy(replica.endpoint, rate_per_s=0, max_concurrency=6)), 6)
     before = len(replica.requests)
     client = Hips2Fits(policy(replica.endpoint, rate_per_s=5.0, max_concurrency=6))
     assert len(_fetch_in_threads(client, 6)) == 6
     times = sorted(r.time for r in replica.requests[before:] if r.path == PATH)
     assert len(times) == 6 and client.requests == 6
-    assert times[-1] - times[0] >= 0.9  # 5 intervals of 0.2 s between starts, some slack for jitter
-    assert min(np.diff(times)) >= 0.1
+    # 5 intervals of 0.2 s between starts, some slack for jitter. (The log stamps each request
+    # when it is answered, after a render of varying length: single gaps say little, the span does.)
+    limited = times[-1] - times[0]
+    assert limited >= 0.9
 
     # Unlimited, the same six requests are not spread out: the limiter is what spread them.
     before = len(replica.requests)
     _fetch_in_threads(Hips2Fits(policy(replica.endpoint, rate_per_s=0, max_concurrency=6)), 6)
     times = sorted(r.time for r in replica.requests[before:] if r.path == PATH)
-    assert times[-1] - times[0] < 0.7
+    assert times[-1] - times[0] < limited / 1.5
 
 
 def test_concurrency_bound_seen_by_the_server(slow: SlowReplica, sky: Sky) -> None:
