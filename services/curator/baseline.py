@@ -73,3 +73,21 @@ def baseline_one_colour_survey(cube: np.ndarray) -> tuple[bool, str]:
     if float(np.nanstd(diff)) < SURVEY_STD:
         return True, "one colour (R - B std small)"
     return False, ""
+
+
+def baseline_survey_verdict(cube: np.ndarray) -> tuple[bool, str]:
+    """(usable, reason) as the earlier project judged a survey cutout: from the overall mean and
+    standard deviation (NaN ignored) - empty when there is no data or the mean is near zero, white
+    when the mean is near 255, flat when the std is small - then the R - B std test."""
+    data = np.asarray(cube, dtype=np.float64)
+    if not np.isfinite(data).any():
+        return False, "blank (no data)"
+    mean, std = float(np.nanmean(data)), float(np.nanstd(data))
+    if mean < DARK:
+        return False, "blank (mean near zero)"
+    if mean > 255.0 - DARK:
+        return False, "white (mean near 255)"
+    if std < SURVEY_STD:
+        return False, "flat (std small)"
+    one, why = baseline_one_colour_survey(cube)
+    return (False, why) if one else (True, "")

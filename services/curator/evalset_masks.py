@@ -11,10 +11,12 @@ normal plates, and SDSS cutouts, test the survey filter.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 from skimage.draw import ellipse, polygon
 
 from services.curator import baseline, colour, masks
@@ -223,6 +225,89 @@ def mask_cases(n_defects_per_field: int = 4) -> list[Case]:
     return out
 
 
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """The (H, W, 3) uint8 image (FITS orientation) as a crawled release JPEG gives it back:
+    flipped to top-first, encoded by PIL at `quality`, decoded and flipped back."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[::-1])).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[::-1].copy()
+
+
+JPEG_QUALITIES = (85, 90, 95)
+
+
+def jpeg_mask_cases(cases: list[Case], every: int = 2) -> list[Case]:
+    """JPEG round-tripped versions (quality 85-95) of every `every`-th missing-data case (clean
+    and defect, the truth unchanged), filter "missing_data_jpeg": ringing beside bright stars
+    leaves pixels at 2-13 inside black regions. Reported apart from the lossless cases: on these
+    small, crowded renders it fills thin gaps and small boxes with ringing outright."""
+    out = []
+    for j, c in enumerate(cases[::every]):
+        q = JPEG_QUALITIES[j % len(JPEG_QUALITIES)]
+        out.append(Case(f"{c.name}/jpeg{q}", "missing_data_jpeg", c.label, jpeg_round_trip(c.image, q), c.truth))
+    return out
+
+
+LARGE_KINDS = ("frame", "side", "two_sides", "box", "rotated_box", "box_and_border")
+
+
+def large_defect_mask(kind: str, shape: tuple[int, int], valid: float, rng: np.random.Generator) -> np.ndarray:
+    """A large true missing-data mask leaving about `valid` of the image: the pairs near the
+    usable/reject threshold."""
+    h, w = shape
+    m = np.zeros((h, w), dtype=bool)
+    lost = 1.0 - valid
+    if kind == "frame":  # (h - 2b)(w - 2b) = valid * h * w
+        b = int(np.rint(((h + w) - np.sqrt((h + w) ** 2 - 4 * lost * h * w)) / 4))
+        m[:b], m[-b:], m[:, :b], m[:, -b:] = True, True, True, True
+    elif kind == "side":
+        side = int(rng.integers(4))
+        n = int(np.rint(lost * (h if side < 2 else w)))
+        rows = (slice(0, n), slice(h - n, h), slice(None), slice(None))[side]
+        cols = (slice(None), slice(None), slice(0, n), slice(w - n, w))[side]
+        m[rows, cols] = True
+    elif kind == "two_sides":  # an L: a bottom/top strip and a left/right strip
+        f = 1.0 - np.sqrt(valid)
+        by, bx = int(np.rint(f * h)), int(np.rint(f * w))
+        m[(slice(0, by), slice(h - by, h))[int(rng.integers(2))]] = True
+        m[:, (slice(0, bx), slice(w - bx, w))[int(rng.integers(2))]] = True
+    elif kind in ("box", "box_and_border"):
+        area = lost * h * w
+        if kind == "box_and_border":
+            b = int(rng.integers(4, 12))
+            m[:b], m[-b:], m[:, :b], m[:, -b:] = True, True, True, True
+            area = max(area - m.sum(), 0.02 * h * w)
+        aspect = rng.uniform(0.7, 1.4) * w / h
+        bh = int(min(h, round(np.sqrt(area / aspect))))
+        bw = int(min(w, round(area / max(bh, 1))))
+        y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        m[y0 : y0 + bh, x0 : x0 + bw] = True
+    elif kind == "rotated_box":
+        side = np.sqrt(lost * h * w)
+        m = _rotated_rect(
+            h, w, w / 2 + rng.uniform(-20, 20), h / 2 + rng.uniform(-20, 20), side, side, rng.uniform(5, 40)
+        )
+    else:
+        raise ValueError(f"unknown large defect kind {kind!r}")
+    return m
+
+
+def large_cases(n_per_field: int = 2) -> list[Case]:
+    """Large defects leaving 25-95% of the image valid: the usable/reject verdict's cases (about
+    half of them under the 60% threshold)."""
+    rng = np.random.default_rng(SEED + 4)
+    out: list[Case] = []
+    for k, (name, ra, dec, scale, style) in enumerate(fields()):
+        clean = _render(ra, dec, scale, style)
+        for j in range(n_per_field):
+            kind = LARGE_KINDS[(k * n_per_field + j) % len(LARGE_KINDS)]
+            truth = large_defect_mask(kind, SHAPE, float(rng.uniform(0.25, 0.95)), rng)
+            img = clean.copy()
+            img[truth] = 0
+            out.append(Case(f"{name}/{style}/large_{kind}", "missing_data_large", True, img, truth))
+    return out
+
+
 def _grey_versions(img: np.ndarray, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     lum = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     grey = np.repeat(lum[..., None], 3, axis=-1)
@@ -277,20 +362,136 @@ def _survey(ra: float, dec: float, hips: str, scale: float, size: int) -> np.nda
     return render_survey(_sky(), tan_wcs(ra, dec, scale, (size, size)), (size, size), hips)
 
 
+HIPS_SCALE = 0.805  # "/px: the DSS2 colour HiPS's native pixel (the cutouts the stack serves)
+
+
+def one_colour_fraction(wcs, shape: tuple[int, int], step: int = 4) -> float:
+    """Fraction of a survey cutout's pixels on a one-colour DSS2 plate (the universe's truth),
+    sampled every `step` px."""
+    h, w = shape
+    yy, xx = np.mgrid[step // 2 : h : step, step // 2 : w : step]
+    ra, dec = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    return float(dss_one_colour(DEFAULT_SEED, ra, dec).mean())
+
+
+def hips_like_fields(n_each: int = 10, n_boundary: int = 6) -> list[tuple[str, float, float, tuple[int, int], float]]:
+    """(name, ra, dec, (h, w), one-colour fraction) for DSS2 cutouts like the ones the stack
+    serves: native HiPS pixels, 40-160 px, mostly plain (faint, low-signal) fields, some on
+    plate boundaries; n_each on one-colour plates (fraction > 0.65), n_each on two (< 0.35) and
+    n_boundary across a plate boundary (5-35% or 65-95% one colour). Fractions in between are
+    left out: no clear label."""
+    rng = np.random.default_rng(SEED + 6)
+    one: list = []
+    two: list = []
+    while len(one) < n_each or len(two) < n_each:
+        ra, dec = float(rng.uniform(0, 360)), float(np.degrees(np.arcsin(rng.uniform(-0.95, 0.95))))
+        shape = (int(rng.integers(40, 161)), int(rng.integers(40, 161)))
+        frac = one_colour_fraction(tan_wcs(ra, dec, HIPS_SCALE, shape), shape)
+        bucket = one if frac > 0.65 else two if frac < 0.35 else None
+        if bucket is not None and len(bucket) < n_each:
+            bucket.append((f"hips-{len(one) + len(two)}", ra, dec, shape, frac))
+    # Straddling a zone boundary (every 5 deg in dec) between a one-colour and a two-plate plate.
+    edge: list = []
+    while len(edge) < n_boundary:
+        ra, dec_b = float(rng.uniform(0, 360)), 5.0 * int(rng.integers(-16, 17))
+        shape = (int(rng.integers(60, 161)), int(rng.integers(60, 161)))
+        if dss_one_colour(DEFAULT_SEED, np.array([ra, ra]), np.array([dec_b - 0.1, dec_b + 0.1])).sum() != 1:
+            continue
+        span = shape[0] * HIPS_SCALE / 3600.0
+        dec = dec_b + (0.5 - rng.uniform(0.1, 0.3)) * span * (1 if len(edge) % 2 else -1)
+        frac = one_colour_fraction(tan_wcs(ra, dec, HIPS_SCALE, shape), shape)
+        if 0.05 < frac < 0.35 or 0.65 < frac < 0.95:
+            edge.append((f"hips-edge-{len(edge)}", ra, dec, shape, frac))
+    return [*one, *two, *edge]
+
+
+@lru_cache(maxsize=64)
+def _hips_survey(ra: float, dec: float, shape: tuple[int, int]) -> np.ndarray:
+    """A DSS2 cutout as the HiPS serves it: 8-bit values (rounded), native pixels."""
+    cube = render_survey(_sky(), tan_wcs(ra, dec, HIPS_SCALE, shape), shape, DSS2)
+    return np.clip(np.rint(cube), 0, 255).astype(np.float32)
+
+
+SURVEY_KINDS = ("one_colour", "blank", "mostly_blank", "white", "saturated", "flat")
+
+
+def _sdss_fields() -> list[tuple[float, float]]:
+    """SDSS field centres inside its footprint (where a 96 px cutout is almost all data)."""
+    out = []
+    for ra, dec in (
+        (180.0, 30.0),
+        (150.0, 10.0),
+        (200.0, 45.0),
+        (230.0, 20.0),
+        (170.0, 55.0),
+        (160.0, 40.0),
+        (210.0, 5.0),
+        (190.0, 15.0),
+        (140.0, 25.0),
+        (220.0, 35.0),
+    ):
+        if np.isfinite(_survey(ra, dec, SDSS9, 0.4, 96)).mean() > 0.9:
+            out.append((ra, dec))
+    return out
+
+
 def survey_cases() -> list[Case]:
+    """Survey cutouts, label True where the survey filter (`colour.survey_verdict`) must reject:
+    DSS2 fields on one-colour plates; blank (all NaN), mostly blank (outside the footprint),
+    white, saturated and constant cutouts. Usable (False): DSS2 on two plates, SDSS, SDSS
+    partially blank at its footprint's edge, cutouts with a small saturated star. The case name
+    ends with the kind."""
+    rng = np.random.default_rng(SEED + 5)
     out: list[Case] = []
-    for name, ra, dec, one in survey_fields():
-        out.append(Case(f"{name}/dss2", "survey_one_colour", one, _survey(ra, dec, DSS2, 1.0, 96)))
-    # SDSS: never one colour (three filters on one CCD), dark noisy sky; inside its footprint.
-    for j, (ra, dec) in enumerate(((180.0, 30.0), (150.0, 10.0), (200.0, 45.0), (230.0, 20.0), (170.0, 55.0))):
-        cube = _survey(ra, dec, SDSS9, 0.4, 96)
-        if np.isfinite(cube).mean() > 0.9:
-            out.append(Case(f"sdss-{j}/sdss9", "survey_one_colour", False, cube))
+    dss = survey_fields(n_each=14)
+    for name, ra, dec, one in dss:
+        kind = "one_colour" if one else "two_plates"
+        out.append(Case(f"{name}/dss2/{kind}", "survey", one, _survey(ra, dec, DSS2, 1.0, 96)))
+    # As the stack serves them: 8-bit, native pixels, mostly faint fields (where R and B differ
+    # by less than the grain on most pixels), some straddling plates.
+    for name, ra, dec, shape, frac in hips_like_fields():
+        kind = "one_colour" if frac > 0.5 else "two_plates_faint"
+        if name.startswith("hips-edge"):
+            kind = "one_colour" if frac > 0.5 else "two_plates_edge"
+        out.append(Case(f"{name}/dss2/{kind}", "survey", frac > 0.5, _hips_survey(ra, dec, shape)))
+    # SDSS: never one colour (three filters on one CCD), dark noisy sky.
+    sdss = [_survey(ra, dec, SDSS9, 0.4, 96) for ra, dec in _sdss_fields()]
+    for j, cube in enumerate(sdss):
+        out.append(Case(f"sdss-{j}/sdss9/normal", "survey", False, cube))
+    normals = [c.image for c in out if not c.label]
+    for j, cube in enumerate(sdss):
+        # At the footprint's edge: part of the cutout blank (NaN), under half of it: usable.
+        part = cube.copy()
+        n = int(rng.uniform(0.1, 0.4) * part.shape[2])
+        part[:, :, -n:] = np.nan
+        out.append(Case(f"sdss-{j}/sdss9/partial_blank", "survey", False, part))
+        mostly = cube.copy()
+        n = int(rng.uniform(0.6, 0.95) * mostly.shape[2])
+        mostly[:, :, :n] = np.nan if j % 2 else 0.0
+        out.append(Case(f"sdss-{j}/sdss9/mostly_blank", "survey", True, mostly))
+    for j in range(4):
+        base = normals[(3 * j) % len(normals)]
+        out.append(Case(f"blank-{j}/none/blank", "survey", True, np.full_like(base, np.nan)))
+        white = np.clip(255.0 - np.abs(rng.normal(0, 0.8 * (j % 2), base.shape)), 0, 255).astype(np.float32)
+        out.append(Case(f"white-{j}/none/white", "survey", True, white))
+        sat = base.copy()
+        yy, xx = np.mgrid[0 : base.shape[1], 0 : base.shape[2]]
+        r = np.hypot(yy - rng.uniform(30, 66), xx - rng.uniform(30, 66))
+        sat[:, r < rng.uniform(60, 80)] = 255.0  # a saturated star (or plate flaw) covering most of it
+        out.append(Case(f"sat-{j}/dss2/saturated", "survey", True, sat))
+        star = base.copy()
+        star[:, r < rng.uniform(5, 12)] = 255.0  # a small saturated star: usable
+        out.append(Case(f"star-{j}/dss2/small_saturated_star", "survey", False, star))
+        flat = np.full_like(base, float(rng.uniform(5, 200)))
+        if j % 2:
+            flat[:, np.isnan(base[0])] = np.nan
+        out.append(Case(f"flat-{j}/none/flat", "survey", True, flat))
     return out
 
 
 def all_cases() -> list[Case]:
-    return [*mask_cases(), *grey_cases(), *survey_cases()]
+    plain, large = mask_cases(), large_cases()
+    return [*plain, *large, *jpeg_mask_cases(plain), *jpeg_mask_cases(large, 3), *grey_cases(), *survey_cases()]
 
 
 def _pr(pred: list[bool], label: list[bool]) -> dict[str, float]:
@@ -311,16 +512,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(cases: list[Case], min_valid_fraction: float = 0.6) -> dict[str, dict]:
     """Per filter: {"ours": {precision, recall, n, positives}, "baseline": {...}}; for the masks
-    also the usable/reject verdict and the mean IoU of the masks on cases with a known truth."""
+    also the usable/reject verdict (on the missing-data and the large-defect cases, the truth's
+    verdict as label) and the mean IoU of the masks on cases with a known truth."""
     report: dict[str, dict] = {}
-    mcases = [c for c in cases if c.filter == "missing_data"]
+    mcases = [c for c in cases if c.filter in ("missing_data", "missing_data_large")]
     if mcases:
         ours = [masks.missing_data_mask(c.image) for c in mcases]
         base = [baseline.baseline_missing_data_mask(c.image) for c in mcases]
-        label = [c.label for c in mcases]
+        detect = [i for i, c in enumerate(mcases) if c.filter == "missing_data"]
+        label = [mcases[i].label for i in detect]
         report["missing_data"] = {
-            "ours": _pr([m.any() for m in ours], label),
-            "baseline": _pr([m.any() for m in base], label),
+            "ours": _pr([ours[i].any() for i in detect], label),
+            "baseline": _pr([base[i].any() for i in detect], label),
         }
         truth_reject = [c.truth is not None and not masks.mask_verdict(c.truth, min_valid_fraction)[0] for c in mcases]
         report["missing_data_reject"] = {
@@ -332,6 +535,25 @@ def evaluate(cases: list[Case], min_valid_fraction: float = 0.6) -> dict[str, di
             "ours": {"mean": float(np.mean([_iou(ours[i], c.truth) for i, c in known])), "n": len(known)},
             "baseline": {"mean": float(np.mean([_iou(base[i], c.truth) for i, c in known])), "n": len(known)},
         }
+    jcases = [c for c in cases if c.filter == "missing_data_jpeg"]
+    if jcases:
+        ours = [masks.missing_data_mask(c.image) for c in jcases]
+        base = [baseline.baseline_missing_data_mask(c.image) for c in jcases]
+        label = [c.label for c in jcases]
+        report["missing_data_jpeg"] = {
+            "ours": _pr([m.any() for m in ours], label),
+            "baseline": _pr([m.any() for m in base], label),
+        }
+        truth_reject = [c.truth is not None and not masks.mask_verdict(c.truth, min_valid_fraction)[0] for c in jcases]
+        report["missing_data_reject_jpeg"] = {
+            "ours": _pr([not masks.mask_verdict(m, min_valid_fraction)[0] for m in ours], truth_reject),
+            "baseline": _pr([not masks.mask_verdict(m, min_valid_fraction)[0] for m in base], truth_reject),
+        }
+        known = [(i, c) for i, c in enumerate(jcases) if c.truth is not None and c.label]
+        report["mask_iou_jpeg"] = {
+            "ours": {"mean": float(np.mean([_iou(ours[i], c.truth) for i, c in known])), "n": len(known)},
+            "baseline": {"mean": float(np.mean([_iou(base[i], c.truth) for i, c in known])), "n": len(known)},
+        }
     gcases = [c for c in cases if c.filter == "grey"]
     if gcases:
         label = [c.label for c in gcases]
@@ -339,41 +561,65 @@ def evaluate(cases: list[Case], min_valid_fraction: float = 0.6) -> dict[str, di
             "ours": _pr([colour.grey_or_single_channel(c.image)[0] for c in gcases], label),
             "baseline": _pr([baseline.baseline_grey_or_single_channel(c.image)[0] for c in gcases], label),
         }
-    scases = [c for c in cases if c.filter == "survey_one_colour"]
+    scases = [c for c in cases if c.filter == "survey"]
     if scases:
         label = [c.label for c in scases]
-        report["survey_one_colour"] = {
-            "ours": _pr([colour.one_colour_survey(c.image)[0] for c in scases], label),
-            "baseline": _pr([baseline.baseline_one_colour_survey(c.image)[0] for c in scases], label),
+        report["survey"] = {
+            "ours": _pr([not colour.survey_verdict(c.image)[0] for c in scases], label),
+            "baseline": _pr([not baseline.baseline_survey_verdict(c.image)[0] for c in scases], label),
         }
     return report
 
 
-def misses(cases: list[Case]) -> list[str]:
-    """Names of the cases our filters get wrong (for debugging the evaluation)."""
+def misses(cases: list[Case], min_valid_fraction: float = 0.6) -> list[str]:
+    """Names of the cases our filters get wrong (for debugging the evaluation): detection, the
+    usable/reject verdict of the masks, grey, survey."""
     out = []
     for c in cases:
-        if c.filter == "missing_data":
-            pred = bool(masks.missing_data_mask(c.image).any())
-        elif c.filter == "grey":
+        if c.filter in ("missing_data", "missing_data_large", "missing_data_jpeg"):
+            mask = masks.missing_data_mask(c.image)
+            if c.filter in ("missing_data", "missing_data_jpeg") and bool(mask.any()) != c.label:
+                out.append(f"missing_data:{c.name}:label={c.label}")
+            if c.truth is not None:
+                want = not masks.mask_verdict(c.truth, min_valid_fraction)[0]
+                got = not masks.mask_verdict(mask, min_valid_fraction)[0]
+                if got != want:
+                    out.append(
+                        f"missing_data_reject:{c.name}:label={want}:valid={masks.usable_fraction(mask):.3f}"
+                        f"/true {masks.usable_fraction(c.truth):.3f}"
+                    )
+            continue
+        if c.filter == "grey":
             pred = colour.grey_or_single_channel(c.image)[0]
         else:
-            pred = colour.one_colour_survey(c.image)[0]
+            pred = not colour.survey_verdict(c.image)[0]
         if pred != c.label:
             out.append(f"{c.filter}:{c.name}:label={c.label}")
     return out
 
 
 def format_report(report: dict[str, dict]) -> str:
-    lines = [f"{'filter':<22}{'ours P':>8}{'ours R':>8}{'base P':>8}{'base R':>8}{'n':>6}"]
+    lines = [f"{'filter':<22}{'ours P':>8}{'ours R':>8}{'base P':>8}{'base R':>8}{'n':>6}{'pos':>6}"]
     for name, r in report.items():
-        if name == "mask_iou":
-            lines.append(
-                f"{'mask IoU (mean)':<22}{r['ours']['mean']:>16.3f}{r['baseline']['mean']:>16.3f}{r['ours']['n']:>6}"
-            )
+        if name.startswith("mask_iou"):
+            label = name.replace("mask_iou", "IoU (mean)")
+            lines.append(f"{label:<22}{r['ours']['mean']:>16.3f}{r['baseline']['mean']:>16.3f}{r['ours']['n']:>6}")
             continue
         o, b = r["ours"], r["baseline"]
         lines.append(
-            f"{name:<22}{o['precision']:>8.3f}{o['recall']:>8.3f}{b['precision']:>8.3f}{b['recall']:>8.3f}{o['n']:>6}"
+            f"{name:<22}{o['precision']:>8.3f}{o['recall']:>8.3f}{b['precision']:>8.3f}{b['recall']:>8.3f}"
+            f"{o['n']:>6}{o['positives']:>6}"
         )
     return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the report, ours against the baseline per filter, and the cases ours gets wrong."""
+    cases = all_cases()
+    print(format_report(evaluate(cases)))
+    wrong = misses(cases)
+    print(f"\nours wrong on {len(wrong)} case(s)" + "".join(f"\n  {w}" for w in wrong))
+
+
+if __name__ == "__main__":
+    main()
