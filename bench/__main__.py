@@ -1,5 +1,5 @@
-"""`python -m bench [stack|objectstore|universe|replicas|crawler|cutouts|all] [--quick]`: run benchmarks, print a
-table, write bench/results/<name>.json (with machine info and a timestamp)."""
+"""`python -m bench [stack|objectstore|universe|replicas|crawler|cutouts|curator|all] [--quick]`: run
+benchmarks, print a table, write bench/results/<name>.json (with machine info and a timestamp)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from bench import (
     crawler_throughput,
+    curator_throughput,
     cutouts_latency,
     objectstore_throughput,
     replica_pages,
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "replicas": ("replica_pages", replica_pages),
     "crawler": ("crawler_throughput", crawler_throughput),
     "cutouts": ("cutouts_latency", cutouts_latency),
+    "curator": ("curator_throughput", curator_throughput),
 }
 
 

@@ -198,9 +198,3 @@ def test_removing_an_absent_entry_is_not_found(service):
     with pytest.raises(grpc.RpcError) as err:
         remove_entry(service, WEBB, "heic0206g")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def test_the_other_rpcs_still_answer_unimplemented(service):
-    with pytest.raises(grpc.RpcError) as err:
-        call(service, "StartEvaluation", curator_pb2.StartEvaluationRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from deploy.localstack.stack import PLACEHOLDER_MODEL, Stack
 from deploy.triton import placeholder
-from services.api import common_pb2, curator_pb2
+from services.api import common_pb2, trainer_pb2
 from services.client import SERVICES, client_for
 from services.client.addresses import REPLICAS
 from services.client.channel import open_channel
@@ -110,8 +110,8 @@ def test_bad_job_queries_get_clear_statuses(stack: Stack) -> None:
 
 def test_rpcs_of_later_issues_say_unimplemented(stack: Stack) -> None:
     """The API surface is defined now; an RPC not yet built says so (no fake success)."""
-    with client_for("curator", stack.env()["PSS_CURATOR_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
-        client.stub.StartEvaluation(curator_pb2.StartEvaluationRequest(), timeout=5)
+    with client_for("trainer", stack.env()["PSS_TRAINER_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
+        client.stub.GetRun(trainer_pb2.RunRef(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -14,7 +14,14 @@ import sys
 import time
 
 from deploy.localstack import triton
-from deploy.localstack.demo import crawl_archives, cut_surveys, preview_embedded_sky
+from deploy.localstack.demo import (
+    build_dataset,
+    crawl_archives,
+    curate_pairs,
+    cut_surveys,
+    export_dataset_plots,
+    preview_embedded_sky,
+)
 from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
 from services.api import common_pb2
 
@@ -86,15 +93,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     steps = (
         ("crawling the archive replicas (first listing page of each; incremental after the first run)", crawl_archives),
         ("survey cutouts (DSS2, SDSS9) of every crawled observation (cached ones cost nothing)", cut_surveys),
+        ("curating the pairs: missing data, colour, resolution, alignment (current verdicts are kept)", curate_pairs),
+        ("building the demo training dataset (HEALPix splits, tile index, credits, plots)", build_dataset),
     )
     for title, step in steps:
         print(f"\n{title}:")
         job = step(stack)
-        counters = ", ".join(f"{k} {v}" for k, v in sorted(job.progress.counters.items()))
+        counters = ", ".join(f"{k} {v}" for k, v in sorted({**job.progress.counters, **job.result}.items()))
         print(f"  {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}: {counters}")
         if job.state != common_pb2.JOB_STATE_SUCCEEDED:
             print(f"  it did not succeed: {job.error}")
             return 1
+    print("\nthe demo dataset's summary plots:")
+    for path in export_dataset_plots(stack, DEFAULT_ROOT / "demo"):
+        print(f"  {path}")
     print("\nthe embedded sky, seen as the survey cutout and as the crawled archive image:")
     for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
         print(f"  {path}")

@@ -16,11 +16,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from deploy.localstack.stack import Stack
-from services.api import common_pb2, crawler_pb2, cutouts_pb2
+from services.api import common_pb2, crawler_pb2, curator_pb2, cutouts_pb2
 from services.client.cli import follow_with_progress
-from services.client.clients import CrawlerClient, CutoutsClient
+from services.client.clients import CrawlerClient, CuratorClient, CutoutsClient
 
 KINDS = ("galaxy", "nebula", "cluster")
+DEMO_DATASET = "demo"
 
 
 def _get(url: str, timeout_s: float = 120.0) -> bytes:
@@ -81,6 +82,36 @@ def cut_surveys(stack: Stack, sources: tuple[str, ...] = ()) -> common_pb2.Job:
     with CutoutsClient(stack.env()["PSS_CUTOUTS_ADDR"]) as client:
         job = client.stub.StartCutoutBatch(request, timeout=30)
         return follow_with_progress(client.jobs, job.id)
+
+
+def curate_pairs(stack: Stack) -> common_pb2.Job:
+    """Verdicts for every (image, cutout) pair without a current one, through the curator."""
+    request = curator_pb2.StartEvaluationRequest(request_id=f"demo-{uuid.uuid4().hex}")
+    with CuratorClient(stack.env()["PSS_CURATOR_ADDR"]) as client:
+        job = client.stub.StartEvaluation(request, timeout=30)
+        return follow_with_progress(client.jobs, job.id)
+
+
+def build_dataset(stack: Stack, name: str = DEMO_DATASET) -> common_pb2.Job:
+    """The next version of the demo dataset (the same version again when nothing changed)."""
+    request = curator_pb2.StartDatasetBuildRequest(name=name, request_id=f"demo-{uuid.uuid4().hex}")
+    with CuratorClient(stack.env()["PSS_CURATOR_ADDR"]) as client:
+        job = client.stub.StartDatasetBuild(request, timeout=30)
+        return follow_with_progress(client.jobs, job.id)
+
+
+def export_dataset_plots(stack: Stack, out_dir: Path, name: str = DEMO_DATASET) -> list[Path]:
+    """The latest version's summary plots, copied next to the other demo pictures."""
+    store = stack.store()
+    with CuratorClient(stack.env()["PSS_CURATOR_ADDR"]) as client:
+        found = client.stub.GetDataset(curator_pb2.DatasetRef(name=name), timeout=30)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ref in found.plots:
+        path = out_dir / f"{name}-{found.ref.version}-{ref.key.rsplit('/', 1)[-1]}"
+        path.write_bytes(store.get_bytes(ref.bucket, ref.key))
+        written.append(path)
+    return written
 
 
 def preview_embedded_sky(stack: Stack, out_dir: Path, count: int = 3) -> list[Path]:

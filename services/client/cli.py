@@ -107,6 +107,7 @@ CRAWL_SOURCES = {
     "esawebb": [crawler_pb2.SOURCE_ESAWEBB],
     "all": [],  # StartCrawlRequest: no sources means all of them
 }
+SOURCE_NAMES = {crawler_pb2.SOURCE_ESAHUBBLE: "esahubble", crawler_pb2.SOURCE_ESAWEBB: "esawebb"}
 MAX_UINT32 = 2**32 - 1
 
 
@@ -319,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_seconds, default=10.0, metavar="S", help="seconds to wait for the service"
     )
     cutouts.set_defaults(func=cmd_cutouts)
+
+    from services.client import cli_curator  # it builds on this module's helpers
+
+    cli_curator.add_parsers(sub)
     return parser
 
 

@@ -112,7 +112,7 @@ def _finite(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def _header_wcs(header: dict[str, Any], width: int, height: int) -> tuple[WCS, tuple[int, int]]:
+def header_wcs(header: dict[str, Any], width: int, height: int) -> tuple[WCS, tuple[int, int]]:
     """The celestial WCS of a JSON FITS header; ValueError saying why it is unusable."""
     hdr = fits.Header()
     for key, value in header.items():
@@ -162,7 +162,7 @@ def _tan_wcs(spec: FootprintSpec) -> WCS:
 def outreach_wcs(spec: FootprintSpec) -> tuple[WCS, tuple[int, int]]:
     """(wcs, (width, height)) of the outreach image. Call validate() first: this trusts the spec."""
     if spec.wcs_header:
-        return _header_wcs(spec.wcs_header, spec.width, spec.height)
+        return header_wcs(spec.wcs_header, spec.width, spec.height)
     return _tan_wcs(spec), (spec.width, spec.height)
 
 
@@ -183,7 +183,7 @@ def validate(spec: FootprintSpec, limits: Limits) -> None:
         raise InvalidArgument("center.dec_deg", f"must be within [-90, 90], got {spec.dec_deg}")
     if spec.wcs_header:
         try:
-            wcs, shape = _header_wcs(spec.wcs_header, spec.width, spec.height)
+            wcs, shape = header_wcs(spec.wcs_header, spec.width, spec.height)
         except ValueError as exc:
             raise InvalidArgument("wcs_header_json", str(exc)) from None
         fov_x, fov_y = _extent_arcmin(wcs, shape)
