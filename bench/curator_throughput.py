@@ -10,7 +10,7 @@ processes like the evaluation job's (PSS_CURATE_WORKERS), warmed up on one pair 
 
 Baseline, same pairs, same pool, same run: the earlier project's heuristics (corner-minimum +
 Hough lines for boxes, mean/std thresholds for colour) and no alignment at all, which is what
-it measured (nothing). Memory: peak RSS of each worker process (ru_maxrss) after its pairs (a pool
+it measured (nothing). Memory: peak RSS of each worker process (VmHWM) after its pairs (a pool
 per method; the imports alone are ~150 MiB).
 
 Kept out: S3 reads and the cutouts service (cached cutouts cost one gRPC call and one GET,
@@ -106,6 +106,12 @@ def baseline(pair: dict[str, Any]) -> tuple[bool, float]:
 
 
 def _peak_rss_mib() -> float:
+    """VmHWM: the peak RSS of this process image (ru_maxrss would carry the parent's peak across
+    the fork + exec that spawns a worker)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
