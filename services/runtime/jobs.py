@@ -363,15 +363,19 @@ class JobManager:
             record["result"] = {k: str(v) for k, v in result.items()}
         self._finish(record, "SUCCEEDED")
 
-    def _finish(self, record: dict[str, Any], state: str, error: str = "") -> None:
+    def _settle(self, record: dict[str, Any], **changes: Any) -> None:
+        """Store a final change (finished, released) before anyone can see it: a watcher told
+        the job ended may at once ask any replica, which reads the store."""
         with self._cond:
-            record["state"] = state
-            record["error"] = error
-            record["finished"] = time.time()
-            record["owner"] = ""
-            record["lease_until"] = 0
-        self._touch(record)
-        self._persist(record)
+            settled = json.loads(json.dumps(record))
+            settled.update(changes, rev=int(record.get("rev", 0)) + 1, updated=time.time())
+        self.store.put_json(JOBS_BUCKET, self._key(record["id"], "job.json"), settled)
+        with self._cond:
+            record.update(settled)
+            self._cond.notify_all()
+
+    def _finish(self, record: dict[str, Any], state: str, error: str = "") -> None:
+        self._settle(record, state=state, error=error, finished=time.time(), owner="", lease_until=0)
         with contextlib.suppress(ServiceError):
             self.store.delete(JOBS_BUCKET, f"{self.service}/active/{record['id']}")
         self._forget(record["id"])
@@ -380,12 +384,7 @@ class JobManager:
 
     def _release(self, record: dict[str, Any]) -> None:
         """Hand a job back (process stopping): PENDING, no owner, resumable at once."""
-        with self._cond:
-            record["state"] = "PENDING"
-            record["owner"] = ""
-            record["lease_until"] = 0
-        self._touch(record)
-        self._persist(record)
+        self._settle(record, state="PENDING", owner="", lease_until=0)
         self._forget(record["id"])
         log.info("job released for resumption", extra=fields(job_id=record["id"]))
 
