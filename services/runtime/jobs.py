@@ -50,6 +50,9 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PERSIST_EVERY_S = 0.5
 
 
+UNSETTLED = "_unsettled"  # marks a live record whose final state is not stored yet
+
+
 class JobInterrupted(Exception):
     """The process is stopping: leave the job resumable (raised by ctx.check())."""
 
@@ -203,14 +206,15 @@ class JobManager:
 
     def _persist(self, record: dict[str, Any]) -> None:
         with self._cond:
-            snapshot = json.loads(json.dumps(record))
+            snapshot = json.loads(json.dumps({k: v for k, v in record.items() if k != UNSETTLED}))
         self.store.put_json(JOBS_BUCKET, self._key(record["id"], "job.json"), snapshot)
 
-    def _touch(self, record: dict[str, Any]) -> None:
+    def _touch(self, record: dict[str, Any], notify: bool = True) -> None:
         with self._cond:
             record["rev"] = int(record.get("rev", 0)) + 1
             record["updated"] = time.time()
-            self._cond.notify_all()
+            if notify:
+                self._cond.notify_all()
 
     def _read(self, job_id: str) -> dict[str, Any] | None:
         key = self._key(job_id, "job.json")
@@ -224,8 +228,12 @@ class JobManager:
         validate_job_id(job_id)
         with self._cond:
             live = self._claimed.get(job_id)
+            deadline = time.monotonic() + 30.0
+            while live is not None and live.get(UNSETTLED) and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.5)  # its final state is being stored
+                live = self._claimed.get(job_id)
             if live is not None:
-                return json.loads(json.dumps(live))
+                return json.loads(json.dumps({k: v for k, v in live.items() if k != UNSETTLED}))
         record = self._read(job_id)
         if record is None:
             raise NotFound(f"no job {job_id!r} in service {self.service}")
@@ -364,15 +372,19 @@ class JobManager:
         self._finish(record, "SUCCEEDED")
 
     def _settle(self, record: dict[str, Any], **changes: Any) -> None:
-        """Store a final change (finished, released) before anyone can see it: a watcher told
-        the job ended may at once ask any replica, which reads the store."""
+        """A final change (finished, released), stored before any reader of this process sees it:
+        a watcher told the job ended may at once ask any replica, which reads the store. Until
+        it is stored, get() waits (one object-store write) rather than show it early."""
         with self._cond:
-            settled = json.loads(json.dumps(record))
-            settled.update(changes, rev=int(record.get("rev", 0)) + 1, updated=time.time())
-        self.store.put_json(JOBS_BUCKET, self._key(record["id"], "job.json"), settled)
-        with self._cond:
-            record.update(settled)
-            self._cond.notify_all()
+            record.update(changes)
+            record[UNSETTLED] = True
+        try:
+            self._touch(record, notify=False)
+            self._persist(record)
+        finally:
+            with self._cond:
+                record.pop(UNSETTLED, None)
+                self._cond.notify_all()
 
     def _finish(self, record: dict[str, Any], state: str, error: str = "") -> None:
         self._settle(record, state=state, error=error, finished=time.time(), owner="", lease_until=0)
