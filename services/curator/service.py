@@ -4,7 +4,7 @@ blacklist.py and splits.py; this module validates requests and turns results int
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -208,7 +208,8 @@ class CuratorServicer(curator_pb2_grpc.CuratorServicer):
         }
         return job_to_proto(self.ctx.jobs.submit("dataset-build", params, request_id=request.request_id))
 
-    def _refuse_busy(self, kind: str, same: Any, what: str, request_id: str) -> None:
+    def _refuse_busy(self, kind: str, same: Callable[[dict[str, Any]], bool], what: str, request_id: str) -> None:
+        """FAILED_PRECONDITION naming the job when one of `kind` doing the same work is pending or running."""
         for state in ("PENDING", "RUNNING"):
             for job in self.ctx.jobs.list(kind=kind, state=state):
                 if same(job) and not (request_id and job.get("request_id") == request_id):
