@@ -26,7 +26,7 @@ from PIL import Image
 
 from services.api import common_pb2, crawler_pb2, curator_pb2
 from services.client.clients import CuratorClient
-from services.curator import alignment, verdicts
+from services.curator import alignment, evalset_alignment, export_pairs, verdicts
 from services.curator.evaluation import decode_image
 from services.cutouts.geometry import header_wcs
 from services.universe.render import OutreachDefects, render_outreach, tan_wcs
@@ -297,6 +297,15 @@ def test_a_killed_evaluation_resumes_where_it_stopped(stack, logs, cutouts, cura
         assert at_kill[image_id] != old[image_id] and after[image_id] == at_kill[image_id], image_id
     for image_id in sorted(CASES)[update.progress.done :]:  # the rest (in flight or not): by the resumed job
         assert after[image_id] != at_kill[image_id], image_id
+
+
+def test_evaluated_pairs_export_for_study(curator, evaluated, store, tmp_path) -> None:
+    written = export_pairs.export(store, tmp_path, ("dss2-color",))
+    assert sorted(p.name for p in written) == [f"esahubble__{i}__dss2-color.npz" for i in sorted(CASES)]
+    outreach, o_wcs, survey, s_wcs = evalset_alignment.load_real_pair(tmp_path / "esahubble__heic9005a__dss2-color.npz")
+    assert outreach.shape == (SIZE[1], SIZE[0], 3) and survey.shape[0] == 3
+    found = alignment.measure_alignment(outreach, o_wcs, survey, s_wcs)  # the corrected pixels, paired
+    assert found.solved and math.hypot(found.dx, found.dy) < 0.3
 
 
 def test_bad_requests_get_clear_statuses(curator, evaluated) -> None:
