@@ -108,16 +108,12 @@ class CrawlerServicer(crawler_pb2_grpc.CrawlerServicer):
 
     def _refuse_overlap(self, sources: list[str], request_id: str) -> None:
         """Two crawls of one source would race on its state: one at a time."""
-        for state in ("PENDING", "RUNNING"):
-            for job in self.ctx.jobs.list(kind="crawl", state=state):
-                if request_id and job.get("request_id") == request_id:
-                    continue  # the same request again: submit() returns that job
-                busy = set(job["params"].get("sources", "").split(",")) & set(sources)
-                if busy:
-                    raise FailedPrecondition(
-                        f"a crawl of {', '.join(sorted(busy))} is already {state.lower()} (job {job['id']}); "
-                        f"watch it with: prettyspace jobs watch {job['id']} --service crawler"
-                    )
+
+        def overlaps(job: dict[str, Any]) -> str:
+            busy = set(job["params"].get("sources", "").split(",")) & set(sources)
+            return f"a crawl of {', '.join(sorted(busy))}" if busy else ""
+
+        self.ctx.jobs.refuse_overlap("crawl", overlaps, request_id)
 
     def GetObservation(self, request: crawler_pb2.ObservationKey, context: grpc.ServicerContext) -> Any:
         source = catalog.source_name(request.source)

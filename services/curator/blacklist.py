@@ -172,6 +172,11 @@ def is_blacklisted(blacklist: dict[str, Any], source: str, image_id: str) -> boo
     return entry_key(source, image_id) in blacklist["entries"]
 
 
+def reason_for(blacklist: dict[str, Any], source: str, image_id: str) -> str:
+    """Why a loaded blacklist document holds the observation ("" when it does not)."""
+    return blacklist["entries"].get(entry_key(source, image_id), {}).get("reason", "")
+
+
 def entries(blacklist: dict[str, Any]) -> list[dict[str, str]]:
     """The entries in a stable order (by source, then image id)."""
     return [blacklist["entries"][key] for key in sorted(blacklist["entries"])]

@@ -39,7 +39,7 @@ import numpy as np
 from astropy.io import fits
 
 from services.curator import blacklist, plots, splits, verdicts
-from services.curator.evaluate import REASON_CODES, reason_code
+from services.curator.evaluate import REASON_CODES, pixel_scale_arcsec, reason_code
 from services.curator.evaluation import ARCHIVE, decode_image
 from services.cutouts.geometry import header_wcs
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -120,8 +120,7 @@ def _radius_deg(meta: dict[str, Any]) -> float:
 
 
 def _scale_arcsec(wcs_header: dict[str, Any]) -> float:
-    wcs, _ = header_wcs(wcs_header, 0, 0)
-    return float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600
+    return pixel_scale_arcsec(header_wcs(wcs_header, 0, 0)[0])
 
 
 @dataclass
@@ -146,12 +145,7 @@ def select(
             item = {"document": document, "meta": meta, "survey": survey, "pair": pair}
             if meta is None or meta.get("withdrawn"):
                 rejected.append(item | {"reason": "withdrawn: the observation left the archive"})
-            elif blacklist.is_blacklisted(black, document["source"], document["image_id"]):
-                why = next(
-                    e["reason"]
-                    for e in blacklist.entries(black)
-                    if (e["source"], e["image_id"]) == (document["source"], document["image_id"])
-                )
+            elif why := blacklist.reason_for(black, document["source"], document["image_id"]):
                 rejected.append(item | {"reason": f"blacklisted: {why}"})
             elif not pair["usable"]:
                 rejected.append(item | {"reason": pair["reasons"][0] if pair["reasons"] else "rejected"})
@@ -437,7 +431,7 @@ def build(
         refs = {}
         for i, (name, data) in enumerate(sorted(files.items())):
             kind = CONTENT_TYPES[name.rsplit(".", 1)[-1]]
-            refs[name] = verdicts.ref(store.put_bytes(BUCKET, prefix + name, data, kind))
+            refs[name] = store.put_bytes(BUCKET, prefix + name, data, kind).ref()
             on_progress("write", i + 1, len(files))
         document = {
             "name": params.name,

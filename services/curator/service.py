@@ -4,12 +4,12 @@ blacklist.py and splits.py; this module validates requests and turns results int
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 
-from services.api import common_pb2, crawler_pb2, curator_pb2, curator_pb2_grpc
+from services.api import crawler_pb2, curator_pb2, curator_pb2_grpc
 from services.client.addresses import address_from_env
 from services.crawler import catalog
 from services.curator import blacklist, dataset, evaluation, metrics, verdicts
@@ -19,6 +19,7 @@ from services.runtime.config import Config, Setting
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, require
 from services.runtime.jobs import JobContext
 from services.runtime.jobs_api import job_to_proto
+from services.runtime.refs import ref_to_proto
 from services.runtime.server import ServiceContext, ServiceSpec
 
 SERVICE = curator_pb2.DESCRIPTOR.services_by_name["Curator"].full_name
@@ -97,27 +98,19 @@ def _survey(slug: str, known: tuple[str, ...], field: str) -> str:
     return slug
 
 
-def _ref(value: dict[str, Any] | None) -> common_pb2.ObjectRef | None:
-    if not value:
-        return None
-    return common_pb2.ObjectRef(
-        bucket=value["bucket"], key=value["key"], sha256=value.get("sha256", ""), size=value.get("size", 0)
-    )
-
-
 def dataset_to_proto(document: dict[str, Any], known: list[dict[str, Any]]) -> curator_pb2.Dataset:
     files = document["files"]
     return curator_pb2.Dataset(
         ref=curator_pb2.DatasetRef(name=document["name"], version=document["version"]),
-        manifest=_ref(files["manifest.jsonl"]),
-        credits=_ref(files["credits.json"]),
-        summary=_ref(files["summary.json"]),
-        tiles=_ref(files["tiles.jsonl"]),
+        manifest=ref_to_proto(files["manifest.jsonl"]),
+        credits=ref_to_proto(files["credits.json"]),
+        summary=ref_to_proto(files["summary.json"]),
+        tiles=ref_to_proto(files["tiles.jsonl"]),
         counts={k: int(v) for k, v in document["counts"].items()},
         digest=document["digest"],
         pairs=document["pairs"],
         created=document["created"],
-        plots=[_ref(v) for k, v in sorted(files.items()) if k.startswith("plots/")],
+        plots=[ref_to_proto(v) for k, v in sorted(files.items()) if k.startswith("plots/")],
         versions=[v["version"] for v in known],
     )
 
@@ -141,10 +134,9 @@ class CuratorServicer(curator_pb2_grpc.CuratorServicer):
             pairs.append(f"{source}/{image_id}" + (f"@{survey}" if survey else ""))
         params = {"pairs": ",".join(pairs), "reevaluate": "1" if request.reevaluate else "0"}
         if not pairs:  # two evaluations of everything would do the same work twice, racing
-            self._refuse_busy(
+            self.ctx.jobs.refuse_overlap(
                 "curate-evaluate",
-                lambda job: not job["params"].get("pairs"),
-                "an evaluation of every pair",
+                lambda job: "" if job["params"].get("pairs") else "an evaluation of every pair",
                 request.request_id,
             )
         return job_to_proto(self.ctx.jobs.submit("curate-evaluate", params, request_id=request.request_id))
@@ -159,12 +151,7 @@ class CuratorServicer(curator_pb2_grpc.CuratorServicer):
                 f"no verdict for {source}/{image_id} with {survey} yet: evaluate it "
                 f"(prettyspace curate run --pair {source}/{image_id})"
             )
-        black = blacklist.load(self.store)
-        reason = ""
-        if blacklist.is_blacklisted(black, source, image_id):
-            reason = next(
-                e["reason"] for e in blacklist.entries(black) if (e["source"], e["image_id"]) == (source, image_id)
-            )
+        reason = blacklist.reason_for(blacklist.load(self.store), source, image_id)
         return verdicts.pair_to_proto(document, survey, reason)
 
     # -- blacklist ----------------------------------------------------------------------------
@@ -196,8 +183,10 @@ class CuratorServicer(curator_pb2_grpc.CuratorServicer):
         if val + test >= 1:
             raise InvalidArgument("test_fraction", f"validation + test = {val + test:g} leaves nothing to train on")
         healpix_order(self.ctx.config)
-        self._refuse_busy(
-            "dataset-build", lambda job: job["params"].get("name") == name, f"dataset {name}", request.request_id
+        self.ctx.jobs.refuse_overlap(
+            "dataset-build",
+            lambda job: f"a build of dataset {name}" if job["params"].get("name") == name else "",
+            request.request_id,
         )
         params = {
             "name": name,
@@ -207,16 +196,6 @@ class CuratorServicer(curator_pb2_grpc.CuratorServicer):
             "seed": str(request.seed),
         }
         return job_to_proto(self.ctx.jobs.submit("dataset-build", params, request_id=request.request_id))
-
-    def _refuse_busy(self, kind: str, same: Callable[[dict[str, Any]], bool], what: str, request_id: str) -> None:
-        """FAILED_PRECONDITION naming the job when one of `kind` doing the same work is pending or running."""
-        for state in ("PENDING", "RUNNING"):
-            for job in self.ctx.jobs.list(kind=kind, state=state):
-                if same(job) and not (request_id and job.get("request_id") == request_id):
-                    raise FailedPrecondition(
-                        f"{what} is already {state.lower()} (job {job['id']}); "
-                        f"watch it with: prettyspace jobs watch {job['id']} --service curator"
-                    )
 
     def GetDataset(self, request: curator_pb2.DatasetRef, context: grpc.ServicerContext) -> Any:
         document = dataset.resolve(self.store, request.name, request.version)

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.api import common_pb2, crawler_pb2, curator_pb2
+from services.api import crawler_pb2, curator_pb2
 from services.crawler.catalog import ENUM_BY_SOURCE
-from services.runtime.objectstore import ObjectInfo, ObjectNotFound, ObjectStore
+from services.runtime.objectstore import ObjectNotFound, ObjectStore
+from services.runtime.refs import ref_to_proto
 
 BUCKET = "curation"
 SCHEMA = 1
@@ -30,10 +31,6 @@ def verdict_key(source: str, image_id: str) -> str:
 def mask_key(source: str, image_id: str, side: str) -> str:
     """side: "outreach" or a survey slug."""
     return f"masks/{source}/{image_id}/{side}.png"
-
-
-def ref(info: ObjectInfo) -> dict[str, Any]:
-    return {"bucket": info.bucket, "key": info.key, "sha256": info.sha256, "size": info.size}
 
 
 def mask_png(valid: np.ndarray) -> bytes:
@@ -52,7 +49,7 @@ def mask_from_png(data: bytes) -> np.ndarray:
 
 
 def save_mask(store: ObjectStore, source: str, image_id: str, side: str, valid: np.ndarray) -> dict[str, Any]:
-    return ref(store.put_bytes(BUCKET, mask_key(source, image_id, side), mask_png(valid), "image/png"))
+    return store.put_bytes(BUCKET, mask_key(source, image_id, side), mask_png(valid), "image/png").ref()
 
 
 def load(store: ObjectStore, source: str, image_id: str) -> dict[str, Any] | None:
@@ -60,12 +57,6 @@ def load(store: ObjectStore, source: str, image_id: str) -> dict[str, Any] | Non
         return store.get_json(BUCKET, verdict_key(source, image_id))
     except ObjectNotFound:
         return None
-
-
-def _object_ref(value: dict[str, Any] | None) -> common_pb2.ObjectRef | None:
-    if not value:
-        return None
-    return common_pb2.ObjectRef(bucket=value["bucket"], key=value["key"], sha256=value.get("sha256", ""))
 
 
 def pair_to_proto(document: dict[str, Any], survey: str, blacklisted: str = "") -> curator_pb2.Verdict:
@@ -98,9 +89,9 @@ def pair_to_proto(document: dict[str, Any], survey: str, blacklisted: str = "") 
         usable=usable,
         reasons=reasons,
         scores={k: float(v) for k, v in pair.get("scores", {}).items() if v is not None},
-        mask=_object_ref(pair.get("survey_mask")),
+        mask=ref_to_proto(pair.get("survey_mask")),
         alignment=alignment,
-        outreach_mask=_object_ref(document["outreach"].get("mask")),
-        cutout=_object_ref(pair.get("cutout")),
+        outreach_mask=ref_to_proto(document["outreach"].get("mask")),
+        cutout=ref_to_proto(pair.get("cutout")),
         evaluated=pair.get("evaluated", ""),
     )

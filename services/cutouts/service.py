@@ -24,6 +24,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument, Service
 from services.runtime.jobs import JobContext
 from services.runtime.jobs_api import job_to_proto
 from services.runtime.logs import fields
+from services.runtime.refs import ref_to_proto
 from services.runtime.server import ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,7 @@ def make_cutter(config: Config, store: Any) -> Cutter:
 
 def to_proto(result: Result) -> cutouts_pb2.Cutout:
     record = result.record
-    refs = {
-        name: common_pb2.ObjectRef(bucket=ref["bucket"], key=ref["key"], sha256=ref["sha256"], size=ref["size"])
-        for name, ref in (("fits", record.fits), ("png", record.png))
-        if ref
-    }
+    refs = {name: ref_to_proto(ref) for name, ref in (("fits", record.fits), ("png", record.png)) if ref}
     return cutouts_pb2.Cutout(
         available=record.available,
         unavailable_reason=record.reason,

@@ -20,7 +20,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from services.runtime.objectstore import ObjectInfo, ObjectNotFound, ObjectStore
+from services.runtime.objectstore import ObjectNotFound, ObjectStore
 
 BUCKET = "cutouts"
 DISCLAIMER = "Survey pixels (not an outreach image)"
@@ -63,10 +63,6 @@ def lookup(store: ObjectStore, survey: str, key: str) -> Record | None:
         return Record(**store.get_json(BUCKET, record_key(survey, key)))
     except ObjectNotFound:
         return None
-
-
-def _ref(info: ObjectInfo) -> dict[str, Any]:
-    return {"bucket": info.bucket, "key": info.key, "sha256": info.sha256, "size": info.size}
 
 
 def fits_bytes(cube: np.ndarray, wcs: WCS, survey_hips: str, request: dict[str, Any], credit: str = "") -> bytes:
@@ -124,12 +120,10 @@ def save(
             "wcs": json.dumps(header, separators=(",", ":"), default=str),
             "request": json.dumps(summary, separators=(",", ":"), default=str),
         }
-        fits_ref = _ref(
-            store.put_bytes(
-                BUCKET, f"{stem}.fits", fits_bytes(cube, wcs, hips, request, credit), "application/fits", meta
-            )
-        )
-        png_ref = _ref(store.put_bytes(BUCKET, f"{stem}.png", png_bytes(cube), "image/png", meta))
+        fits_ref = store.put_bytes(
+            BUCKET, f"{stem}.fits", fits_bytes(cube, wcs, hips, request, credit), "application/fits", meta
+        ).ref()
+        png_ref = store.put_bytes(BUCKET, f"{stem}.png", png_bytes(cube), "image/png", meta).ref()
     record = Record(survey, key, not reason, reason, header, fits_ref, png_ref, request, created, credit)
     store.put_json(BUCKET, record_key(survey, key), record.to_json())
     return record

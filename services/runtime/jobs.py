@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from services.runtime.errors import AlreadyExists, InvalidArgument, NotFound, ServiceError
+from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from services.runtime.logs import fields
 from services.runtime.metrics import JOBS_FINISHED, JOBS_RESUMED
 from services.runtime.objectstore import ObjectStore
@@ -270,6 +270,21 @@ class JobManager:
                 return
             with self._cond:
                 self._cond.wait(timeout=self.poll_s)
+
+    def refuse_overlap(self, kind: str, overlaps: Callable[[dict[str, Any]], str], request_id: str = "") -> None:
+        """FAILED_PRECONDITION naming the job when a pending or running job of `kind` would do the
+        same work: overlaps(job) says what they share ("a crawl of esahubble"), "" for nothing. The
+        same request again (its request_id) is let through: submit() returns that job."""
+        for state in ("PENDING", "RUNNING"):
+            for job in self.list(kind=kind, state=state):
+                if request_id and job.get("request_id") == request_id:
+                    continue
+                shared = overlaps(job)
+                if shared:
+                    raise FailedPrecondition(
+                        f"{shared} is already {state.lower()} (job {job['id']}); "
+                        f"watch it with: prettyspace jobs watch {job['id']} --service {self.service}"
+                    )
 
     # -- submission and cancellation ---------------------------------------------
 

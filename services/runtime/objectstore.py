@@ -72,6 +72,10 @@ class ObjectInfo:
     last_modified: datetime | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
+    def ref(self) -> dict[str, Any]:
+        """What a record keeps to find this object again and check it: bucket, key, sha256, size."""
+        return {"bucket": self.bucket, "key": self.key, "sha256": self.sha256, "size": self.size}
+
 
 def _user_metadata(headers: Any) -> dict[str, str]:
     """x-amz-meta-* headers, lower-cased and without the prefix."""
