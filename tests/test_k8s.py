@@ -499,6 +499,75 @@ def check_browser_memory(objs: list[Obj]) -> list[str]:
     return errors
 
 
+# RBAC: verbs that let a holder grant itself more than it has.
+ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+
+def _effective_automount(pod: Obj, accounts: dict[str, Obj]) -> bool:
+    """Whether a pod gets an API token: the pod's setting, else its ServiceAccount's, else true."""
+    if "automountServiceAccountToken" in pod:
+        return bool(pod["automountServiceAccountToken"])
+    sa = accounts.get(pod.get("serviceAccountName") or "default") or {}
+    return bool(sa.get("automountServiceAccountToken", True))
+
+
+def check_rbac(objs: list[Obj]) -> list[str]:
+    """Least privilege: only namespaced Roles, no wildcards, no Secrets, no escalation; every
+    RoleBinding binds an existing Role to existing ServiceAccounts of the namespace; every pod
+    runs as an existing ServiceAccount, and mounts an API token only if that account is bound
+    to a Role (a token nobody needs is a credential to steal)."""
+    errors = []
+    accounts = {
+        o["metadata"]["name"]: o
+        for o in objs
+        if o.get("kind") == "ServiceAccount" and o.get("metadata", {}).get("name")
+    }
+    roles = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "Role" and o.get("metadata", {}).get("name")}
+    bound: set[str] = set()
+    for obj in objs:
+        kind = obj.get("kind")
+        if kind in ("ClusterRole", "ClusterRoleBinding"):
+            errors.append(f"{name_of(obj)}: cluster-wide RBAC (use a namespaced Role/RoleBinding)")
+        elif kind == "Role":
+            for rule in obj.get("rules") or []:
+                groups, resources, verbs = (
+                    rule.get("apiGroups") or [],
+                    rule.get("resources") or [],
+                    rule.get("verbs") or [],
+                )
+                if "*" in groups or "*" in resources or "*" in verbs:
+                    errors.append(f"{name_of(obj)}: wildcard in rule {rule}")
+                if {"secrets", "serviceaccounts/token"} & set(resources):
+                    errors.append(f"{name_of(obj)}: grants access to secrets or tokens ({rule})")
+                if ESCALATING_VERBS & set(verbs):
+                    errors.append(f"{name_of(obj)}: escalating verbs {sorted(ESCALATING_VERBS & set(verbs))}")
+                if rule.get("nonResourceURLs"):
+                    errors.append(f"{name_of(obj)}: nonResourceURLs in a Role")
+        elif kind == "RoleBinding":
+            ref = obj.get("roleRef") or {}
+            if ref.get("kind") != "Role" or ref.get("name") not in roles:
+                errors.append(
+                    f"{name_of(obj)}: roleRef {ref.get('kind')}/{ref.get('name')} is not a Role in the render"
+                )
+            for subject in obj.get("subjects") or []:
+                if subject.get("kind") != "ServiceAccount":
+                    errors.append(f"{name_of(obj)}: subject {subject} is not a ServiceAccount")
+                elif subject.get("name") not in accounts or subject.get("namespace") != NAMESPACE:
+                    errors.append(
+                        f"{name_of(obj)}: subject ServiceAccount {subject.get('namespace')}/"
+                        f"{subject.get('name')} is not in the render"
+                    )
+                else:
+                    bound.add(subject["name"])
+    for obj, pod in workloads(objs):
+        sa_name = pod.get("serviceAccountName") or "default"
+        if sa_name != "default" and sa_name not in accounts:
+            errors.append(f"{name_of(obj)}: serviceAccountName {sa_name!r} is not in the render")
+        if _effective_automount(pod, accounts) and sa_name not in bound:
+            errors.append(f"{name_of(obj)}: mounts an API token but ServiceAccount {sa_name!r} is bound to no Role")
+    return errors
+
+
 POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_resources,
     check_security_context,
@@ -510,6 +579,7 @@ POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_labels,
     check_batch,
     check_browser_memory,
+    check_rbac,
 ]
 
 
@@ -679,7 +749,9 @@ def test_service_contract(overlay: Path, service: str) -> None:
 
     grace = float(by_kind_name(objs, "ConfigMap", CONFIGMAP_NAME)["data"]["PSS_SHUTDOWN_GRACE_S"])
     assert pod["terminationGracePeriodSeconds"] > grace
-    assert pod["automountServiceAccountToken"] is False
+    # Only the trainer talks to the API server (it creates the training Jobs): only it has a token.
+    assert pod["automountServiceAccountToken"] is (service == "trainer")
+    assert pod.get("serviceAccountName") == ("trainer" if service == "trainer" else None)
     ann = tpl["metadata"].get("annotations", {})
     assert ann.get("prometheus.io/scrape") == "true"
     assert ann.get("prometheus.io/port") == str(METRICS_PORT)
@@ -839,6 +911,133 @@ def test_production_overlay() -> None:
     assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", tag), f"{image} has no version tag"
     assert by_kind_name(objs, "Deployment", "gateway")["spec"]["replicas"] == 2
     assert storage_of(objs) > storage_of(render(BASE)), "production MinIO PVC must be larger than base"
+
+
+# --------------------------------------------------------------------------
+# Trainer: its ServiceAccount and Role, and the training Jobs it creates
+# (services/trainer/k8s_job.py builds them from the ConfigMap trainer-job).
+
+TRAINER_JOB_CONFIGMAP = "trainer-job"
+
+
+def _rules(role: Obj) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role.get("rules") or []
+        for group in rule.get("apiGroups") or []
+        for resource in rule.get("resources") or []
+        for verb in rule.get("verbs") or []
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_trainer_rbac(overlay: Path) -> None:
+    """The trainer's Role grants exactly what the launcher uses (k8s_job.RBAC_RULES, which
+    tests/test_trainer_k8s.py checks against the launcher's requests), to the trainer only."""
+    from services.trainer import k8s_job
+
+    objs = render(overlay)
+    role = by_kind_name(objs, "Role", "trainer")
+    wanted = {(g, r, v) for g, r, verbs in k8s_job.RBAC_RULES for v in verbs}
+    assert _rules(role) == wanted
+    assert all(not rule.get("resourceNames") for rule in role["rules"])  # Job names are per run
+
+    binding = by_kind_name(objs, "RoleBinding", "trainer")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trainer"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainer", "namespace": NAMESPACE}]
+    bindings = [o for o in objs if o.get("kind") in ("RoleBinding", "ClusterRoleBinding")]
+    assert bindings == [binding], "the trainer's is the only binding"
+
+    for name in ("trainer", "trainer-run"):
+        assert by_kind_name(objs, "ServiceAccount", name)["automountServiceAccountToken"] is False
+    pod = by_kind_name(objs, "Deployment", "trainer")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "trainer" and pod["automountServiceAccountToken"] is True
+    # The Jobs' pods run as trainer-run: bound to nothing, no token.
+    data = by_kind_name(objs, "ConfigMap", TRAINER_JOB_CONFIGMAP)["data"]
+    assert data["PSS_TRAINER_JOB_SERVICE_ACCOUNT"] == "trainer-run"
+    assert data["PSS_TRAIN_LAUNCHER"] == "kubernetes"
+
+
+def trainer_environ(objs: tuple[Obj, ...]) -> dict[str, str]:
+    """The environment of the trainer container as the kubelet builds it (ConfigMaps, literals,
+    the downward API's namespace; Secret values replaced by placeholders)."""
+    dep = by_kind_name(objs, "Deployment", "trainer")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    configmaps = {o["metadata"]["name"]: o.get("data") or {} for o in objs if o.get("kind") == "ConfigMap"}
+    environ = image_env()
+    for src in c.get("envFrom") or []:
+        environ.update(configmaps[src["configMapRef"]["name"]])
+    for env in c.get("env") or []:
+        source = env.get("valueFrom") or {}
+        if "secretKeyRef" in source:
+            environ[env["name"]] = "placeholder-from-secret"
+        elif (source.get("fieldRef") or {}).get("fieldPath") == "metadata.namespace":
+            environ[env["name"]] = dep["metadata"]["namespace"]
+        elif "value" in env:
+            environ[env["name"]] = env["value"]
+    return environ
+
+
+def trainer_job(overlay: Path, run_id: str = "trainer-20261121183000-0a1b2c3d") -> Obj:
+    """The Job the trainer deployed by this overlay creates for a run."""
+    from services.trainer.k8s_job import JobTemplate, job_manifest
+
+    template = JobTemplate.from_env(trainer_environ(render(overlay)))
+    return job_manifest(template.spec_for(run_id, dataset="local-universe@3", config="full"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_trainer_job_valid_and_within_policy(overlay: Path) -> None:
+    """A training Job as the deployed trainer would create it: strict schema, and every policy
+    check of the other workloads, beside the rendered objects (so that e.g. no Service selects
+    its pods and its ServiceAccount exists)."""
+    objs = list(render(overlay))
+    job = trainer_job(overlay)
+    assert not schema_errors([job]), "\n".join(schema_errors([job]))
+    errors = check_policy([*objs, job])
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_trainer_job_contract(overlay: Path) -> None:
+    objs = render(overlay)
+    job = trainer_job(overlay, run_id="run-42")
+    spec = job["spec"]
+    assert job["metadata"]["namespace"] == NAMESPACE
+    assert 1 <= spec["backoffLimit"] <= 10 and spec["ttlSecondsAfterFinished"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    by_kind_name(objs, "ServiceAccount", pod["serviceAccountName"])
+    # Bad config / missing dataset (exit 2) fails at once; an evicted pod is retried for free.
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    (c,) = pod["containers"]
+    # The trainer's own pinned image; the runner resumes the run from its checkpoint on a retry.
+    (trainer_c,) = by_kind_name(objs, "Deployment", "trainer")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == trainer_c["image"]
+    assert c["command"] == ["python", "-m", "services.trainer.run"] and c["args"] == ["--run-id", "run-42"]
+    assert {"configMapRef": {"name": CONFIGMAP_NAME}} in c["envFrom"]
+    env = {e["name"]: e for e in c["env"]}
+    for var, key in (("PSS_S3_ACCESS_KEY", "access-key"), ("PSS_S3_SECRET_KEY", "secret-key")):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}
+    # DataLoader workers: a memory-backed /dev/shm that fits in the memory limit, writable /tmp.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    limit = parse_quantity("memory", c["resources"]["limits"]["memory"])
+    assert parse_quantity("memory", shm["sizeLimit"]) + 2**30 <= limit
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+    gpus = c["resources"]["limits"].get("nvidia.com/gpu")
+    if overlay.name == "production":
+        assert int(gpus) >= 1
+        assert pod["nodeSelector"], "GPU runs must be placed on GPU nodes"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    if overlay.name == "local":
+        assert gpus is None and "nodeSelector" not in pod and "tolerations" not in pod
+        assert c["imagePullPolicy"] == "IfNotPresent"  # side-loaded image
 
 
 # --------------------------------------------------------------------------
@@ -1012,6 +1211,22 @@ def _service_selects_cronjob_pods(objs: list[Obj]) -> None:
     labels["app.kubernetes.io/name"] = "crawler"
 
 
+def _trainer_role(objs: list[Obj]) -> list[Obj]:
+    return by_kind_name(objs, "Role", "trainer")["rules"]
+
+
+def _cluster_role_binding(objs: list[Obj]) -> None:
+    objs.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "trainer-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "trainer", "namespace": NAMESPACE}],
+        }
+    )
+
+
 MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], list[str]], str]] = {
     "no-limits": (_drop_limits, check_resources, "missing resources.limits.cpu"),
     "no-cpu-request": (_no_cpu_request, check_resources, "missing resources.requests.cpu"),
@@ -1043,6 +1258,39 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], li
     "crawler-unbounded-shm": (_crawler_unbounded_shm, check_browser_memory, "/dev/shm has no sizeLimit"),
     "crawler-shm-over-limit": (_crawler_shm_over_limit, check_browser_memory, "leaves less than 1Gi"),
     "crawler-no-tmp": (lambda objs: _unmount(objs, "/tmp"), check_browser_memory, "no writable emptyDir at /tmp"),
+    "rbac-wildcard": (lambda objs: _trainer_role(objs)[0].update(verbs=["*"]), check_rbac, "wildcard"),
+    "rbac-secrets": (
+        lambda objs: _trainer_role(objs).append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
+        check_rbac,
+        "grants access to secrets",
+    ),
+    "rbac-escalate": (
+        lambda objs: _trainer_role(objs).append(
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}
+        ),
+        check_rbac,
+        "escalating verbs",
+    ),
+    "cluster-role-binding": (_cluster_role_binding, check_rbac, "cluster-wide RBAC"),
+    "binding-to-missing-account": (
+        lambda objs: by_kind_name(objs, "RoleBinding", "trainer")["subjects"][0].update(name="trainr"),
+        check_rbac,
+        "ServiceAccount prettyspace/trainr is not in the render",
+    ),
+    "token-without-role": (
+        lambda objs: by_kind_name(objs, "Deployment", "gateway")["spec"]["template"]["spec"].pop(
+            "automountServiceAccountToken"
+        ),
+        check_rbac,
+        "Deployment/gateway: mounts an API token but ServiceAccount 'default' is bound to no Role",
+    ),
+    "missing-service-account": (
+        lambda objs: by_kind_name(objs, "Deployment", "trainer")["spec"]["template"]["spec"].update(
+            serviceAccountName="trainers"
+        ),
+        check_rbac,
+        "serviceAccountName 'trainers' is not in the render",
+    ),
     "service-selects-cronjob-pods": (
         _service_selects_cronjob_pods,
         check_service_selectors,

@@ -31,8 +31,9 @@ import numpy as np
 import sep
 from astropy.wcs import WCS
 from scipy import ndimage
-from scipy.interpolate import RectBivariateSpline
 from scipy.spatial import cKDTree
+
+from services.cutouts.geometry import pixel_map, rescaled_wcs
 
 MIN_STARS = 6  # matched sources for a star solution: 4 similarity parameters plus a check
 MAX_STAR_RMS_PX = 0.8  # post-fit residual beyond which a star solution is not trusted
@@ -97,35 +98,6 @@ def _pixel_scale_deg(wcs: WCS) -> float:
     return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))))
 
 
-def _binned_wcs(wcs: WCS, k: int) -> WCS:
-    """The WCS of a k x k block-averaged image: new pixel q covers old pixels k q .. k q + k - 1."""
-    out = wcs.celestial.deepcopy()
-    if out.wcs.has_cd():
-        out.wcs.cd = out.wcs.cd * k
-    else:
-        out.wcs.cdelt = np.asarray(out.wcs.cdelt, dtype=float) * k
-    out.wcs.crpix = (np.asarray(out.wcs.crpix, dtype=float) - 0.5) / k + 0.5
-    out.wcs.set()
-    return out
-
-
-def _pixel_map(src_wcs: WCS, dst_wcs: WCS, shape: tuple[int, int], step: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) in src_wcs pixels of every dst_wcs pixel of ``shape`` (h, w): the exact transform
-    on a coarse grid, splined in between (smooth to far below 0.01 px for any sky projection)."""
-    h, w = shape
-    gx = np.linspace(0, w - 1, max(4, math.ceil((w - 1) / step) + 1))
-    gy = np.linspace(0, h - 1, max(4, math.ceil((h - 1) / step) + 1))
-    xx, yy = np.meshgrid(gx, gy)
-    sx, sy = src_wcs.world_to_pixel_values(*dst_wcs.pixel_to_world_values(xx, yy))
-    sx, sy = np.asarray(sx, dtype=float), np.asarray(sy, dtype=float)
-    if not (np.isfinite(sx).all() and np.isfinite(sy).all()):
-        raise ValueError("the outreach WCS does not cover the survey grid's sky")
-    px, py = np.arange(w, dtype=float), np.arange(h, dtype=float)
-    fx = RectBivariateSpline(gy, gx, sx, kx=3, ky=3)(py, px)
-    fy = RectBivariateSpline(gy, gx, sy, kx=3, ky=3)(py, px)
-    return fx, fy
-
-
 def _planes(
     outreach: np.ndarray, o_wcs: WCS, survey: np.ndarray, s_wcs: WCS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -148,12 +120,12 @@ def _planes(
         hh, ww = (lum_o.shape[0] // k) * k, (lum_o.shape[1] // k) * k
         lum_o = lum_o[:hh, :ww].reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
         sat = sat[:hh, :ww].reshape(hh // k, k, ww // k, k).max(axis=(1, 3))
-        o_wcs = _binned_wcs(o_wcs, k)
+        o_wcs = rescaled_wcs(o_wcs, k)
     # Anti-alias: the Gaussian of 0.45 survey px, less what block averaging already did.
     sigma2 = (ANTI_ALIAS_SIGMA * ratio / k) ** 2 - (1.0 / 12.0 if k > 1 else 0.0)
     if ratio > ANTI_ALIAS_MIN_RATIO and sigma2 > 0.05:
         lum_o = ndimage.gaussian_filter(lum_o, math.sqrt(sigma2))
-    fx, fy = _pixel_map(o_wcs, s_wcs.celestial, (h, w))
+    fx, fy = pixel_map(o_wcs, s_wcs.celestial, (h, w))
     coords = np.array([fy, fx])
     o_on_s = ndimage.map_coordinates(lum_o, coords, order=1, mode="constant", cval=np.nan).astype(np.float64)
     sat_on_s = ndimage.map_coordinates(sat, coords, order=1, mode="constant", cval=0.0) > 0.01

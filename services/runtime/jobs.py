@@ -134,6 +134,12 @@ class JobContext:
             self._record["progress"]["counters"] = {k: int(v) for k, v in counters.items()}
         self._changed()
 
+    def set_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Replace the job's current measurements (losses, rates, scores): what a watcher shows."""
+        with self._manager._cond:
+            self._record["progress"]["metrics"] = {k: float(v) for k, v in metrics.items()}
+        self._changed()
+
     def counters(self) -> dict[str, int]:
         with self._manager._cond:
             return dict(self._record["progress"]["counters"])

@@ -34,6 +34,7 @@ def job_to_proto(record: dict[str, Any]) -> common_pb2.Job:
             stage=progress.get("stage", ""),
             counters={k: int(v) for k, v in (progress.get("counters") or {}).items()},
             message=progress.get("message", ""),
+            metrics={k: float(v) for k, v in (progress.get("metrics") or {}).items()},
         ),
         created=_timestamp(record.get("created")),
         updated=_timestamp(record.get("updated")),
