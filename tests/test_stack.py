@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from deploy.localstack.stack import PLACEHOLDER_MODEL, Stack
 from deploy.triton import placeholder
-from services.api import common_pb2, trainer_pb2
+from services.api import common_pb2, gateway_pb2, trainer_pb2
 from services.client import SERVICES, client_for
 from services.client.addresses import REPLICAS
 from services.client.channel import open_channel
@@ -110,9 +110,15 @@ def test_bad_job_queries_get_clear_statuses(stack: Stack) -> None:
 
 def test_rpcs_of_later_issues_say_unimplemented(stack: Stack) -> None:
     """The API surface is defined now; an RPC not yet built says so (no fake success)."""
+    with client_for("gateway", stack.env()["PSS_GATEWAY_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
+        client.stub.ResolveName(gateway_pb2.ResolveNameRequest(name="M51"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_the_trainer_answers_a_bad_run_id_clearly(stack: Stack) -> None:
     with client_for("trainer", stack.env()["PSS_TRAINER_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
         client.stub.GetRun(trainer_pb2.RunRef(), timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_triton_serves_the_model_repository_in_s3(stack: Stack) -> None:

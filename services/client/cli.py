@@ -40,7 +40,8 @@ def _print_job(job: common_pb2.Job) -> None:
 def _progress_line(job: common_pb2.Job) -> str:
     p = job.progress
     counters = ", ".join(f"{k}={v}" for k, v in sorted(p.counters.items()))
-    return " ".join(x for x in (p.stage, counters) if x)
+    metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(p.metrics.items()) if not k.startswith("val."))
+    return " ".join(x for x in (p.stage, counters, metrics) if x)
 
 
 def follow_with_progress(client_jobs: object, job_id: str, *, log_every_s: float = 30.0) -> common_pb2.Job:
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.client import cli_curator  # it builds on this module's helpers
 
     cli_curator.add_parsers(sub)
+    from services.client import cli_trainer
+
+    cli_trainer.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""Generator and discriminator losses. Every loss takes the validity masks (1 = valid) and
+returns one value per sample ([B]) unless stated, so the trainer can weight samples (by
+fidelity) before averaging; masked pixels never enter a loss.
+
+Weighting of the observation-consistency term (`consistency_loss`): the reduced chi^2 of the
+re-observed output against the survey input should be ~1. Above 1 the output contradicts the
+observation; below 1 it reproduces the survey's noise (deconvolved noise: the worst artefact a
+super-resolver can make). Both sides are penalised, in log chi^2 (symmetric in ratio and with
+bounded gradients, so an untrained network's chi^2 of ~100 does not swamp the pixel loss), with
+a dead zone [lo, hi] because the truth itself is not at exactly 1: the PSF wings, the stretch
+and the noise model of a real survey are only approximately known.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHARBONNIER_EPS = 1e-3
+STRUCTURE_SCALES = (1, 2, 4)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-sample mean of values [B, C, H, W] over mask [B, 1, H, W]; 0 where nothing is valid."""
+    m = mask.to(values.dtype).expand_as(values)
+    return (values * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+
+def charbonnier(pred: Tensor, target: Tensor, mask: Tensor, eps: float = CHARBONNIER_EPS) -> Tensor:
+    """Smooth L1 (sqrt(d^2 + eps^2) - eps): robust like L1 (sharper than L2), smooth at 0."""
+    diff = torch.where(mask > 0.5, pred - target, torch.zeros_like(pred))
+    return _masked_mean(torch.sqrt(diff * diff + eps * eps) - eps, mask)
+
+
+def _min_pool(mask: Tensor, k: int) -> Tensor:
+    """A coarse pixel is valid only if all its fine pixels are."""
+    return -F.max_pool2d(-mask, k) if k > 1 else mask
+
+
+def structure(pred: Tensor, target: Tensor, mask: Tensor, scales: tuple[int, ...] = STRUCTURE_SCALES) -> Tensor:
+    """Multi-scale gradient loss: Charbonnier of horizontal and vertical differences at 1, 1/2,
+    1/4 resolution. Edges, knots and lanes are matched, not just mean levels; a difference
+    counts only where both its pixels are valid."""
+    total = torch.zeros(pred.shape[0], device=pred.device, dtype=pred.dtype)
+    m = (mask > 0.5).to(pred.dtype)
+    t = torch.where(m > 0, target, torch.zeros_like(target))
+    for k in scales:
+        p_k = F.avg_pool2d(pred, k) if k > 1 else pred
+        t_k = F.avg_pool2d(t, k) if k > 1 else t
+        m_k = _min_pool(m, k)
+        for dim in (-1, -2):
+            dp, dt = torch.diff(p_k, dim=dim), torch.diff(t_k, dim=dim)
+            dm = m_k.narrow(dim, 0, m_k.shape[dim] - 1) * m_k.narrow(dim, 1, m_k.shape[dim] - 1)
+            total = total + charbonnier(dp, dt, dm)
+    return total / (2 * len(scales))
+
+
+def d_hinge(real_logits: Tensor, fake_logits: Tensor, weights: Tensor) -> Tensor:
+    """Discriminator hinge loss (scalar), patches weighted by their valid fraction."""
+    w = weights.to(real_logits.dtype)
+    norm = w.sum().clamp_min(1e-6)
+    real = (F.relu(1.0 - real_logits) * w).sum() / norm
+    fake = (F.relu(1.0 + fake_logits) * w).sum() / norm
+    return real + fake
+
+
+def g_hinge(fake_logits: Tensor, weights: Tensor) -> Tensor:
+    """Generator hinge loss per sample: -mean logit over valid patches."""
+    w = weights.to(fake_logits.dtype)
+    return -(fake_logits * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+
+
+def consistency_loss(chi2: Tensor, lo: float = 0.8, hi: float = 1.25) -> Tensor:
+    """Per-sample penalty on a reduced chi^2 outside [lo, hi] (squared distance in log chi^2);
+    0 where chi^2 is undefined (NaN: too few valid pixels)."""
+    defined = torch.isfinite(chi2)
+    safe = torch.where(defined, chi2, torch.ones_like(chi2))  # no NaN in the graph: its gradient would be NaN
+    log_chi2 = torch.log(safe.clamp_min(1e-6))
+    above = F.relu(log_chi2 - math.log(hi))
+    below = F.relu(math.log(lo) - log_chi2)
+    return torch.where(defined, above * above + below * below, torch.zeros_like(chi2))
