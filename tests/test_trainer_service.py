@@ -5,8 +5,11 @@ to the Triton repository, and the statuses of bad requests."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,3 +229,30 @@ def test_bad_export_and_lookup_requests(trainer, finished) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 call()
             assert caught.value.code() == code
+
+
+def test_the_cli_trains_lists_and_exports(trainer, published) -> None:
+    env = {**os.environ, "PSS_TRAINER_ADDR": trainer.address}
+    cli = [sys.executable, "-m", "services.client.cli"]
+    sets = ["--set", "steps=4", "--set", "evaluate=false"]
+    done = subprocess.run(
+        [*cli, "train", "--dataset", f"{DATASET}@v1", "--config", "tiny", *sets, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "JOB_STATE_SUCCEEDED" and job["result"]["step"] == "4"
+    rid = job["params"]["run_id"]
+    shown = subprocess.run([*cli, "runs", rid], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and f"run {rid}: SUCCEEDED, dataset {DATASET}@v1, config tiny" in shown.stdout
+    exported = subprocess.run(
+        [*cli, "model", "export", rid, "--name", "gen_cli"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert exported.returncode == 0, exported.stderr
+    bad = subprocess.run(
+        [*cli, "train", "--dataset", "nope", "--config", "tiny"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and "no dataset 'nope'" in bad.stderr

@@ -163,7 +163,7 @@ class Run:
                 window_start, window_step = time.monotonic(), self.step
                 metrics = {**{k: v for k, v in self.status["metrics"].items() if k.startswith("val.")}, **losses}
                 metrics["images_per_s"] = rate
-                self.history.append({"step": float(self.step), **losses})
+                self.history.append({"step": float(self.step), **losses, "images_per_s": rate})
                 self.write_status(
                     f"step {self.step}/{c.steps}, {rate:.1f} crops/s on {self.device.type}",
                     stage="training",
