@@ -6,8 +6,6 @@ starting a run twice, or again after a crash, continues it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -34,12 +32,7 @@ class Launch(Protocol):
         going away and the run is resumed later (a Kubernetes Job keeps running meanwhile)."""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the service that started it dies (Linux prctl
-    PR_SET_PDEATHSIG), so a killed service never leaves a run training on that another service
-    process then starts again; the run checkpoints on SIGTERM and is resumed by the job's next claim."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+PARENT_ENV = "PSS_TRAIN_PARENT_PID"
 
 
 def run_command(run_id: str) -> list[str]:
@@ -57,10 +50,11 @@ class LocalLaunch:
             run_command(run_id),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # The run asks for SIGTERM when this process dies (run.die_with_parent): a killed service
+            # never leaves a run training that another service process then starts again.
+            env={**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())},
             cwd=Path(__file__).resolve().parents[2],
             start_new_session=True,  # a Ctrl-C of the service's terminal is the service's to handle
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
 
     def _tail(self, lines: int = 15) -> str:

@@ -11,10 +11,13 @@ Runs the same locally (a subprocess of the trainer service) and in a Kubernetes 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from services.trainer import evaluation, pairs, runs
 from services.trainer.config import TrainConfig
 from services.trainer.data import Position, Stream
 from services.trainer.k8s_job import EXIT_BAD_RUN
+from services.trainer.launch import PARENT_ENV
 
 log = logging.getLogger("prettyspace.trainer.run")
 CACHE_DIR = Path(os.environ.get("PSS_TRAIN_CACHE_DIR", "/tmp/pss-train-cache"))
@@ -50,6 +54,20 @@ class Stop:
 
     def _set(self, signum: int, frame: Any) -> None:
         self.requested = True
+
+
+def die_with_parent() -> None:
+    """When started by a local trainer service (PSS_TRAIN_PARENT_PID): SIGTERM when it dies (Linux
+    prctl PR_SET_PDEATHSIG, set here in the child: a preexec_fn in the threaded service is unsafe),
+    so the run checkpoints and stops, and the job's next claim resumes it; exit at once if the
+    service is already gone."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):
+        raise SystemExit(143)
 
 
 def device_of() -> torch.device:
@@ -196,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = Stop()
+    die_with_parent()
     store = ObjectStore.from_config(load_config())
     # Exit 2 when retrying cannot help: the Kubernetes Job fails at once (k8s_job.EXIT_BAD_RUN).
     try:

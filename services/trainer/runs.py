@@ -17,8 +17,6 @@ import re
 import time
 from typing import Any
 
-import torch
-
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.objectstore import ObjectInfo, ObjectNotFound, ObjectStore
 
@@ -75,6 +73,8 @@ def write_status(store: ObjectStore, run_id: str, status: dict[str, Any]) -> Non
 
 def save_checkpoint(store: ObjectStore, run_id: str, state: dict[str, Any], summary: dict[str, Any]) -> ObjectInfo:
     """state.pt (single PUT: wholly there or absent), then state.json naming it."""
+    import torch  # here, not at import: the trainer service starts without loading torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     info = store.put_bytes(BUCKET, key(run_id, "state.pt"), buf.getvalue(), content_type="application/octet-stream")
@@ -84,6 +84,8 @@ def save_checkpoint(store: ObjectStore, run_id: str, state: dict[str, Any], summ
 
 def load_checkpoint(store: ObjectStore, run_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(state, summary) of the last checkpoint, or None before the first one."""
+    import torch
+
     summary = read_json(store, run_id, "state.json")
     if summary is None:
         return None

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 
 from services.api import curator_pb2, trainer_pb2, trainer_pb2_grpc
-from services.curator import dataset as datasets
 from services.runtime.config import Config, Setting
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.jobs import JobCancelled, JobContext, JobInterrupted
@@ -27,8 +26,7 @@ from services.runtime.jobs_api import job_to_proto
 from services.runtime.refs import ref_to_proto
 from services.runtime.server import ServiceContext, ServiceSpec
 from services.trainer import config as configs
-from services.trainer import export, runs
-from services.trainer.k8s_job import kubernetes_launch
+from services.trainer import runs
 from services.trainer.launch import Launch, LocalLaunch
 
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -38,7 +36,7 @@ SETTINGS = (
     Setting("TRAIN_LAUNCHER", "str", "local", "where runs execute: local (subprocess) or kubernetes (a Job)"),
     Setting("TRAIN_LOG_DIR", "str", "/tmp/pss-training", "where local runs write their logs"),
     Setting("TRAIN_POLL_S", "positive_float", "1", "how often a job relays its run's progress"),
-    Setting("MODEL_NAME", "str", export.DEFAULT_MODEL, "Triton model name runs are exported as"),
+    Setting("MODEL_NAME", "str", "generator", "Triton model name runs are exported as"),
 )  # the Kubernetes Job's own settings (PSS_TRAINER_JOB_*) are read by k8s_job.JobTemplate.from_env
 
 
@@ -101,6 +99,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise InvalidArgument("dataset.name", "is required: the curated dataset to train on (NAME[@VERSION])")
         name = request.config or "demo"
         config = configs.resolve(name, dict(request.overrides))
+        from services.curator import dataset as datasets  # heavy (astropy, reproject): not at start-up
+
         document = datasets.resolve(self.store, request.dataset.name, request.dataset.version)
         run_id = new_run_id(request.request_id)
         existing = runs.read_json(self.store, run_id, "run.json")
@@ -149,6 +149,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         run = runs.load_run(self.store, request.run_id)
         if runs.read_json(self.store, run["id"], "state.json") is None:
             raise FailedPrecondition(f"run {run['id']} has no checkpoint yet: train it first")
+        from services.trainer import export  # torch: not at start-up
+
         model = export.validate_model_name(request.model_name or self.ctx.config["MODEL_NAME"])
         self.ctx.jobs.refuse_overlap(
             "export",
@@ -164,6 +166,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
 def _launch(ctx: JobContext, run: dict[str, Any]) -> Launch:
     if _launcher_kind(ctx.config) == "kubernetes":
+        from services.trainer.k8s_job import kubernetes_launch
+
         return kubernetes_launch(run)
     return LocalLaunch(run["id"], Path(ctx.config["TRAIN_LOG_DIR"]))
 
@@ -213,6 +217,8 @@ def training_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def export_job(ctx: JobContext) -> dict[str, Any]:
+    from services.trainer import export
+
     ctx.progress(stage="exporting")
     published = export.export_run(ctx.store, ctx.params["run_id"], ctx.params["model"])
     return {k: str(v) if not isinstance(v, str) else v for k, v in published.items() if not isinstance(v, dict)}
