@@ -234,3 +234,46 @@ def _warmup(samples: Sequence[WarmupSample], inputs: Sequence[TensorSpec]) -> st
             f"    count: {sample.count}\n{tensors}  }}"
         )
     return "model_warmup [\n" + ",\n".join(rendered) + "\n]"
+
+
+def cpu_python_config(
+    name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], max_batch_size: int
+) -> str:
+    """The local serving of a TorchScript model: the Python backend on CPU, dynamic batching."""
+    return render_config(
+        name,
+        "python",
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        dynamic_batching=True,
+        instance_kind="KIND_CPU",
+        max_queue_delay_microseconds=2000,
+    )
+
+
+def gpu_libtorch_config(
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int,
+    warmup: WarmupSample,
+    instance_count: int = 1,
+) -> str:
+    """The same model on GPU nodes: libtorch, dynamic batching (preferred 4 and 8), a warm-up
+    request, inference mode. Same tensor names and model.pt as the Python variant; the version
+    directory's model.py is simply ignored."""
+    return render_config(
+        name,
+        "libtorch",
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        dynamic_batching=True,
+        instance_kind="KIND_GPU",
+        instance_count=instance_count,
+        preferred_batch_sizes=(4, 8),
+        max_queue_delay_microseconds=2000,
+        warmup=(warmup,),
+        parameters={"INFERENCE_MODE": "true"},
+    )

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.triton.model_config import TensorSpec, WarmupSample, input_name, output_name, render_config
+from deploy.triton.model_config import (
+    TensorSpec,
+    WarmupSample,
+    cpu_python_config,
+    gpu_libtorch_config,
+    input_name,
+    output_name,
+)
 
 MODEL_NAME = "bicubic_x4"
 SCALE = 4
@@ -57,42 +64,15 @@ def build_module() -> torch.jit.ScriptModule:
 
 def python_config() -> str:
     """CPU config for the Python backend (local stack, CI)."""
-    return render_config(
-        MODEL_NAME,
-        "python",
-        INPUTS,
-        OUTPUTS,
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=True,
-        instance_kind="KIND_CPU",
-        max_queue_delay_microseconds=2000,
-    )
+    return cpu_python_config(MODEL_NAME, INPUTS, OUTPUTS, MAX_BATCH_SIZE)
 
 
 def gpu_config(instance_count: int = 1, warmup_size: int = 256) -> str:
-    """GPU config for the libtorch backend (Kubernetes). Same tensor names
-    and model.pt as the Python variant, so clients and the bucket layout are
-    unchanged; the version directory's model.py is simply ignored."""
+    """GPU config for the libtorch backend (Kubernetes)."""
     warmup = WarmupSample(
-        name="warmup_rgb",
-        batch_size=1,
-        dims={INPUTS[0].name: (3, warmup_size, warmup_size)},
-        count=3,
+        name="warmup_rgb", batch_size=1, dims={INPUTS[0].name: (3, warmup_size, warmup_size)}, count=3
     )
-    return render_config(
-        MODEL_NAME,
-        "libtorch",
-        INPUTS,
-        OUTPUTS,
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=True,
-        instance_kind="KIND_GPU",
-        instance_count=instance_count,
-        preferred_batch_sizes=(4, 8),
-        max_queue_delay_microseconds=2000,
-        warmup=(warmup,),
-        parameters={"INFERENCE_MODE": "true"},
-    )
+    return gpu_libtorch_config(MODEL_NAME, INPUTS, OUTPUTS, MAX_BATCH_SIZE, warmup, instance_count)
 
 
 def write_model_repository(root: Path, version: int = 1) -> list[Path]:

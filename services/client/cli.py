@@ -168,6 +168,27 @@ def crawl_request(args: argparse.Namespace) -> crawler_pb2.StartCrawlRequest:
     )
 
 
+def service_options(parser: argparse.ArgumentParser, service: str, job: bool, timeout_s: float = 10.0) -> None:
+    """--json, --address, --timeout (and --request-id, --no-wait for job commands): what every
+    command talking to one service takes."""
+    if job:
+        parser.add_argument("--request-id", type=_request_id, default=None, help="idempotency key")
+        parser.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--address", help=f"{service} host:port (default: {env_name(service)})")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=timeout_s, metavar="S", help=f"seconds to wait for the {service}"
+    )
+
+
+def print_message(message: Any, as_json: bool, text: str) -> None:
+    """A reply as JSON (--json) or as the given text."""
+    if as_json:
+        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1, sort_keys=True))
+    else:
+        print(text)
+
+
 def run_job_command(args: argparse.Namespace, service: str, what: str, start: Callable[[Any], common_pb2.Job]) -> int:
     """Start a job on ``service`` with ``start(client)`` and follow it with a progress bar:
     what every job command does (crawl, cutouts, ...). Exit 0 succeeded, 1 otherwise."""

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import uuid
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from services.api import curator_pb2
 from services.client import cli
-from services.client.addresses import env_name
 from services.client.clients import client_for
 
 
@@ -37,11 +33,7 @@ def _seed(text: str) -> int:
     return int(text)
 
 
-def _print(message: Any, as_json: bool, text: str) -> None:
-    if as_json:
-        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1, sort_keys=True))
-    else:
-        print(text)
+_print = cli.print_message
 
 
 def _request_id(args: argparse.Namespace) -> str:
@@ -152,14 +144,7 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, job: bool) -> None:
-    if job:
-        parser.add_argument("--request-id", type=cli._request_id, default=None, help="idempotency key")
-        parser.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--address", help=f"curator host:port (default: {env_name('curator')})")
-    parser.add_argument(
-        "--timeout", type=cli._positive_seconds, default=10.0, metavar="S", help="seconds to wait for the curator"
-    )
+    cli.service_options(parser, "curator", job, 10.0)
 
 
 def add_parsers(sub: Any) -> None:

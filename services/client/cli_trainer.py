@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
-
-from google.protobuf.json_format import MessageToDict
 
 from services.api import common_pb2, curator_pb2, trainer_pb2
 from services.client import cli
-from services.client.addresses import env_name
 from services.client.cli_curator import _request_id
 from services.client.clients import client_for
 
@@ -40,7 +36,7 @@ def format_run(run: trainer_pb2.Run) -> str:
     state = common_pb2.JobState.Name(run.job.state).removeprefix("JOB_STATE_") if run.job.id else "-"
     lines = [
         f"run {run.id}: {state}, dataset {run.dataset.name}@{run.dataset.version}, config {run.config}",
-        f"  step {run.job.progress.done}/{run.job.progress.total} {run.job.progress.message}".rstrip(),
+        f"  {run.job.progress.stage or '-'}: {run.job.progress.message}".rstrip(),
     ]
     lines += [f"  {k}: {v:.4g}" for k, v in sorted(run.metrics.items())]
     for label, ref in (("checkpoint", run.last_checkpoint), ("report", run.report)):
@@ -49,21 +45,14 @@ def format_run(run: trainer_pb2.Run) -> str:
     return "\n".join(lines)
 
 
-def _show(message: Any, as_json: bool, text: str) -> None:
-    if as_json:
-        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1, sort_keys=True))
-    else:
-        print(text)
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     with client_for("trainer", args.address, timeout_s=args.timeout) as client:
         if args.run:
             run = client.stub.GetRun(trainer_pb2.RunRef(id=args.run), timeout=args.timeout)
-            _show(run, args.json, format_run(run))
+            cli.print_message(run, args.json, format_run(run))
             return 0
         for run in client.stub.ListRuns(trainer_pb2.ListRunsRequest(limit=args.limit), timeout=args.timeout):
-            _show(run, args.json, format_run(run))
+            cli.print_message(run, args.json, format_run(run))
     return 0
 
 
@@ -73,14 +62,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, job: bool) -> None:
-    if job:
-        parser.add_argument("--request-id", type=cli._request_id, default=None, help="idempotency key")
-        parser.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--address", help=f"trainer host:port (default: {env_name('trainer')})")
-    parser.add_argument(
-        "--timeout", type=cli._positive_seconds, default=30.0, metavar="S", help="seconds to wait for the trainer"
-    )
+    cli.service_options(parser, "trainer", job, 30.0)
 
 
 def add_parsers(sub: Any) -> None:

@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from deploy.triton.model_config import TensorSpec, WarmupSample, input_name, output_name, render_config
+from deploy.triton.model_config import (
+    TensorSpec,
+    WarmupSample,
+    cpu_python_config,
+    gpu_libtorch_config,
+    input_name,
+    output_name,
+)
 from deploy.triton.placeholder import GENERIC_MODEL_PY
 from services.model import normalise
 from services.model.generator import NOISE_CHANNELS, Generator, GeneratorConfig, script
@@ -54,42 +61,17 @@ def validate_model_name(name: str) -> str:
 
 
 def python_config(model: str) -> str:
-    return render_config(
-        model,
-        "python",
-        INPUTS,
-        OUTPUTS,
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=True,
-        instance_kind="KIND_CPU",
-        max_queue_delay_microseconds=2000,
-    )
+    return cpu_python_config(model, INPUTS, OUTPUTS, MAX_BATCH_SIZE)
 
 
 def gpu_config(model: str, warmup_px: int = 64) -> str:
-    warmup = WarmupSample(
-        name="warmup_tile",
-        batch_size=1,
-        dims={
-            INPUTS[0].name: (3, warmup_px, warmup_px),
-            INPUTS[1].name: (NOISE_CHANNELS, warmup_px, warmup_px),
-            INPUTS[2].name: (1,),
-        },
-        count=3,
-    )
-    return render_config(
-        model,
-        "libtorch",
-        INPUTS,
-        OUTPUTS,
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=True,
-        instance_kind="KIND_GPU",
-        preferred_batch_sizes=(4, 8),
-        max_queue_delay_microseconds=2000,
-        warmup=(warmup,),
-        parameters={"INFERENCE_MODE": "true"},
-    )
+    dims = {
+        INPUTS[0].name: (3, warmup_px, warmup_px),
+        INPUTS[1].name: (NOISE_CHANNELS, warmup_px, warmup_px),
+        INPUTS[2].name: (1,),
+    }
+    warmup = WarmupSample(name="warmup_tile", batch_size=1, dims=dims, count=3)
+    return gpu_libtorch_config(model, INPUTS, OUTPUTS, MAX_BATCH_SIZE, warmup)
 
 
 def generator_from_checkpoint(state: dict[str, Any]) -> Generator:

@@ -155,12 +155,24 @@ def prepare(store: ObjectStore, line: dict[str, Any], tiles: dict[str, Any] | No
     target, target_valid = reproject_target(image, o_wcs, o_valid, target_grid, (h * scale, w * scale))
     # A target pixel counts only where its survey pixel is valid too (masks apply to both sides).
     target_valid &= np.kron(input_valid, np.ones((scale, scale), dtype=bool))
+    return _pair(line, tiles, cube, input_valid, target, target_valid)
+
+
+def _pair(
+    line: dict[str, Any],
+    tiles: dict[str, Any] | None,
+    survey: np.ndarray,
+    input_valid: np.ndarray,
+    target: np.ndarray,
+    target_valid: np.ndarray,
+) -> Pair:
+    """A Pair of these arrays, with what the manifest and tile lines say of it."""
     t = tiles or {}
     return Pair(
         name=line["pair"],
         split=line["split"],
         survey_slug=line["survey"],
-        survey=cube,
+        survey=survey,
         input_valid=input_valid,
         target=target,
         target_valid=target_valid,
@@ -180,18 +192,7 @@ def prepare_cached(
     if path.exists():
         try:
             with np.load(path) as z:
-                return Pair(
-                    name=line["pair"],
-                    split=line["split"],
-                    survey_slug=line["survey"],
-                    survey=z["survey"],
-                    input_valid=z["input_valid"],
-                    target=z["target"],
-                    target_valid=z["target_valid"],
-                    corners=tuple((int(x), int(y)) for x, y in (tiles or {}).get("corners", [])),
-                    tile_px=int((tiles or {}).get("tile_px", 0)),
-                    pixel_arcsec=_pixel_arcsec(line),
-                )
+                return _pair(line, tiles, z["survey"], z["input_valid"], z["target"], z["target_valid"])
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a torn cache file: rebuild it
     pair = prepare(store, line, tiles, scale)
