@@ -95,10 +95,7 @@ class Stream:
 
     def _input(self, i: int) -> PairInput:
         if i not in self._inputs:
-            p = self.pairs[i]
-            x, valid, stats = normalise.survey_to_input(p.survey * 255.0, p.input_valid)
-            fwhm = SEEING_ARCSEC.get(p.survey_slug, DEFAULT_SEEING_ARCSEC) / p.pixel_arcsec
-            self._inputs[i] = PairInput(x, valid, stats, real_noise(p), fwhm)
+            self._inputs[i] = pair_input(self.pairs[i])
         return self._inputs[i]
 
     def draw(self, epoch: int, index: int, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -167,6 +164,13 @@ class Stream:
             samples.append(self.draw(epoch, index, order))
             index += 1
         return collate(samples), Position(epoch, index)
+
+
+def pair_input(p: Pair) -> PairInput:
+    """A real pair's whole cutout as the model sees it (what serving does before tiling)."""
+    x, valid, stats = normalise.survey_to_input(p.survey * 255.0, p.input_valid)
+    fwhm = SEEING_ARCSEC.get(p.survey_slug, DEFAULT_SEEING_ARCSEC) / p.pixel_arcsec
+    return PairInput(x, valid, stats, real_noise(p), fwhm)
 
 
 def real_noise(p: Pair) -> np.ndarray:

@@ -27,7 +27,7 @@ from services.model import degrade, normalise, observe
 from services.model.generator import NOISE_CHANNELS, Generator
 from services.trainer import baselines, report
 from services.trainer.config import TrainConfig
-from services.trainer.data import DEFAULT_SEEING_ARCSEC, SEEING_ARCSEC, real_noise
+from services.trainer.data import PairInput, pair_input
 from services.trainer.pairs import Pair
 
 FAMILIES = ("real", "synthetic", "heldout")
@@ -49,7 +49,7 @@ class Window:
     psf_fwhm: float  # survey px
 
 
-def window_corners(p: Pair, side: int, count: int) -> list[tuple[int, int]]:
+def window_corners(p: Pair, side: int, count: int, scale: int) -> list[tuple[int, int]]:
     """Up to ``count`` non-overlapping windows with the most structure in the target (std of luminance)."""
     h, w = p.survey.shape[1:]
     side_y, side_x = min(side, h), min(side, w)
@@ -58,28 +58,25 @@ def window_corners(p: Pair, side: int, count: int) -> list[tuple[int, int]]:
         for x in range(0, w - side_x + 1, side_x):
             if p.input_valid[y : y + side_y, x : x + side_x].mean() < MIN_VALID:
                 continue
-            s = 4 if p.target.shape[1] == 4 * h else p.target.shape[1] // h
-            t = p.target[:, s * y : s * (y + side_y), s * x : s * (x + side_x)]
+            t = p.target[:, scale * y : scale * (y + side_y), scale * x : scale * (x + side_x)]
             scored.append((float(t.mean(axis=0).std()), y, x))
     scored.sort(reverse=True)
     return [(x, y) for _, y, x in scored[:count]]
 
 
-def _real_window(p: Pair, x0: int, y0: int, side_x: int, side_y: int, scale: int) -> Window:
-    x, valid, _ = normalise.survey_to_input(p.survey * 255.0, p.input_valid)
+def _real_window(p: Pair, whole: PairInput, x0: int, y0: int, side_x: int, side_y: int, scale: int) -> Window:
+    """A window of the real cutout, normalised with the whole cutout's statistics (``whole``)."""
     sl = np.s_[y0 : y0 + side_y, x0 : x0 + side_x]
     tl = np.s_[scale * y0 : scale * (y0 + side_y), scale * x0 : scale * (x0 + side_x)]
-    input01 = np.nan_to_num(p.survey[(slice(None), *sl)], nan=0.0)
-    fwhm = SEEING_ARCSEC.get(p.survey_slug, DEFAULT_SEEING_ARCSEC) / p.pixel_arcsec
     return Window(
         p.name,
-        input01,
-        x[(slice(None), *sl)],
-        valid[sl],
+        np.nan_to_num(p.survey[(slice(None), *sl)], nan=0.0),
+        whole.x[(slice(None), *sl)],
+        whole.valid[sl],
         p.target[(slice(None), *tl)],
         p.target_valid[tl],
-        real_noise(p),
-        fwhm,
+        whole.noise_sigma,
+        whole.psf_fwhm_px,
     )
 
 
@@ -103,8 +100,9 @@ def windows(split: Sequence[Pair], config: TrainConfig, side: int, per_pair: int
     out: dict[str, list[Window]] = {f: [] for f in FAMILIES}
     for i, p in enumerate(split):
         h, w = p.survey.shape[1:]
-        for j, (x0, y0) in enumerate(window_corners(p, side, per_pair)):
-            real = _real_window(p, x0, y0, min(side, w), min(side, h), config.scale)
+        whole = pair_input(p)
+        for j, (x0, y0) in enumerate(window_corners(p, side, per_pair, config.scale)):
+            real = _real_window(p, whole, x0, y0, min(side, w), min(side, h), config.scale)
             out["real"].append(real)
             out["synthetic"].append(_synthetic_window(real, degrade.TRAIN, config.scale, seed + 1000 * i + j))
             out["heldout"].append(_synthetic_window(real, degrade.HELDOUT, config.scale, seed + 1000 * i + j + 500))
