@@ -58,7 +58,7 @@ class Layout:
     triton_grpc: int
     triton_metrics: int
     services: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (grpc, metrics)
-    replicas: dict[str, int] = field(default_factory=dict)  # esahubble, esawebb, hips2fits, gaia -> port
+    replicas: dict[str, int] = field(default_factory=dict)  # esahubble, esawebb, hips2fits, gaia, sesame -> port
 
     @property
     def s3_endpoint(self) -> str:
@@ -160,12 +160,15 @@ class Stack:
 
     def replica_urls(self) -> dict[str, str]:
         """Base URL of each replica of a real site (where the production setting would
-        name esahubble.org, alasky.cds.unistra.fr/hips-image-services/hips2fits, …)."""
+        name esahubble.org, alasky.cds.unistra.fr/hips-image-services/hips2fits,
+        cds.unistra.fr/cgi-bin/nph-sesame, …)."""
         urls = {name: f"http://127.0.0.1:{port}" for name, port in self.layout.replicas.items()}
         if "hips2fits" in urls:
             urls["hips2fits"] += "/hips-image-services/hips2fits"
         if "gaia" in urls:
             urls["gaia"] += "/tap-server/tap"
+        if "sesame" in urls:
+            urls["sesame"] += "/cgi-bin/nph-sesame"
         return urls
 
     def service_env(self, name: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ The local stack (`make up`) lays its ports out from one base, PSS_LOCAL_PORT_BAS
 (default 17000): the object store's S3 API at base+6 (SeaweedFS uses base..base+10
 and base+10009 internally), Triton's HTTP/gRPC/metrics at base+20..22, and each
 service's gRPC and metrics ports from base+30 on, the replicas of the real sites
-at base+40..43. Tests use free ports instead.
+at base+40..44. Tests use free ports instead.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from collections.abc import Mapping
 SERVICES: tuple[str, ...] = ("crawler", "cutouts", "curator", "trainer", "gateway")
 # The local stand-ins of the real sites (services/universe/replicas), and the setting
 # through which the platform reaches each (the real site's URL in production).
-REPLICAS: tuple[str, ...] = ("esahubble", "esawebb", "hips2fits", "gaia")
+REPLICAS: tuple[str, ...] = ("esahubble", "esawebb", "hips2fits", "gaia", "sesame")
 REPLICA_URL_SETTINGS = {
     "esahubble": "PSS_ESAHUBBLE_URL",
     "esawebb": "PSS_ESAWEBB_URL",
     "hips2fits": "PSS_HIPS2FITS_URL",
     "gaia": "PSS_GAIA_TAP_URL",
+    "sesame": "PSS_SESAME_URL",
 }
 DEFAULT_LOCAL_PORT_BASE = 17000
 

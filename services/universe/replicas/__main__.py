@@ -1,12 +1,12 @@
 """Start every replica of the real sites in one process, on 127.0.0.1:
 
-    python -m services.universe.replicas [--ports A,B,C,D | --port-base N] [--cache DIR] [--seed S]
+    python -m services.universe.replicas [--ports A,B,C,D,E | --port-base N] [--cache DIR] [--seed S]
 
 esahubble.org and esawebb.org (the archives), CDS hips2fits and the Gaia TAP, all
-serving the same local sky. Prints one line per replica with its URL and runs until
-SIGTERM/SIGINT. Each replica answers /_replica/health and logs its requests
-(/_replica/requests); the archives also take /_replica/generation to change the
-set of observations between crawls.
+serving the same local sky, and CDS Sesame (the name resolver). Prints one line per
+replica with its URL and runs until SIGTERM/SIGINT. Each replica answers
+/_replica/health and logs its requests (/_replica/requests); the archives also take
+/_replica/generation to change the set of observations between crawls.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 from services.universe.replicas.archive import ArchiveReplica
 from services.universe.replicas.gaia_tap import GaiaTapReplica
 from services.universe.replicas.hips2fits import Hips2FitsReplica
+from services.universe.replicas.sesame import SesameReplica
 from services.universe.sky import DEFAULT_SEED, Sky
 
-REPLICAS = ("esahubble", "esawebb", "hips2fits", "gaia")
+REPLICAS = ("esahubble", "esawebb", "hips2fits", "gaia", "sesame")
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "universe"
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ports", help="comma-separated ports for " + ", ".join(REPLICAS))
-    parser.add_argument("--port-base", type=int, default=17040, help="ports base..base+3 (default 17040)")
+    parser.add_argument("--port-base", type=int, default=17040, help="ports base..base+4 (default 17040)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where rendered images are kept")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the sky's seed")
     parser.add_argument("--generation", type=int, default=0, help="archive generation to start with")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "esawebb": ArchiveReplica("esawebb", sky, args.cache, generation=args.generation, port=ports[1]),
         "hips2fits": Hips2FitsReplica(sky, port=ports[2]),
         "gaia": GaiaTapReplica(sky, port=ports[3]),
+        "sesame": SesameReplica(port=ports[4]),
     }
     for name, server in servers.items():
         server.start()
