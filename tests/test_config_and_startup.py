@@ -152,7 +152,7 @@ def test_bootstrap_buckets_is_idempotent_and_fails_clearly(stack: Stack) -> None
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
-        assert "buckets ready: archive, crawl-state, cutouts, curation, datasets, models, jobs" in done.stdout
+        assert "buckets ready: archive, crawl-state, cutouts, curation, datasets, models, renders, jobs" in done.stdout
         assert "(created: none)" in done.stdout  # the stack made them already
     done = subprocess.run(
         [sys.executable, "-m", "services", "bootstrap-buckets"],

@@ -108,11 +108,11 @@ def test_bad_job_queries_get_clear_statuses(stack: Stack) -> None:
         assert "1000" in info.value.details()
 
 
-def test_rpcs_of_later_issues_say_unimplemented(stack: Stack) -> None:
-    """The API surface is defined now; an RPC not yet built says so (no fake success)."""
-    with client_for("gateway", stack.env()["PSS_GATEWAY_ADDR"]) as client, pytest.raises(grpc.RpcError) as info:
-        client.stub.ResolveName(gateway_pb2.ResolveNameRequest(name="M51"), timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+def test_the_stacks_gateway_resolves_names_through_the_sesame_replica(stack: Stack) -> None:
+    with client_for("gateway", stack.env()["PSS_GATEWAY_ADDR"]) as client:
+        found = client.stub.ResolveName(gateway_pb2.ResolveNameRequest(name="M51"), timeout=10)
+    assert found.resolver == "sesame"
+    assert (found.position.ra_deg, found.position.dec_deg) == pytest.approx((202.4696, 47.1952), abs=0.01)
 
 
 def test_the_trainer_answers_a_bad_run_id_clearly(stack: Stack) -> None:

@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.client import cli_trainer
 
     cli_trainer.add_parsers(sub)
+    from services.client import cli_gateway
+
+    cli_gateway.add_parsers(sub)
     return parser
 
 

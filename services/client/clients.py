@@ -17,6 +17,7 @@ from services.api import (
     crawler_pb2_grpc,
     curator_pb2_grpc,
     cutouts_pb2_grpc,
+    gateway_pb2,
     gateway_pb2_grpc,
     trainer_pb2_grpc,
 )
@@ -145,6 +146,30 @@ class TrainerClient(ServiceClient):
 class GatewayClient(ServiceClient):
     name = "gateway"
     stub_class = gateway_pb2_grpc.GatewayStub
+
+    def render(
+        self,
+        request: gateway_pb2.RenderRequest,
+        on_progress: Callable[[common_pb2.JobProgress], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> gateway_pb2.RenderResult:
+        """Render, calling `on_progress` on each progress event; returns the result with every
+        product whole (those that came in chunks are reassembled into their fields)."""
+        parts: dict[str, bytearray] = {}
+        for event in self.stub.Render(request, timeout=timeout_s or self.timeout_s):
+            kind = event.WhichOneof("event")
+            if kind == "progress" and on_progress is not None:
+                on_progress(event.progress)
+            elif kind == "chunk":
+                chunk = event.chunk
+                buf = parts.setdefault(chunk.product, bytearray(chunk.total_size))
+                buf[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+            elif kind == "result":
+                result = event.result
+                for product, data in parts.items():
+                    setattr(result, product, bytes(data))
+                return result
+        raise RuntimeError("the gateway ended the render stream without a result")
 
 
 CLIENTS: dict[str, type[ServiceClient]] = {

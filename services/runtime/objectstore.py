@@ -41,6 +41,7 @@ BUCKETS: tuple[str, ...] = (
     "curation",
     "datasets",
     "models",
+    "renders",
     "jobs",
 )
 INCOMING_PREFIX = "_incoming/"

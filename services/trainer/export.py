@@ -121,6 +121,23 @@ def export_run(store: ObjectStore, run_id: str, model: str = DEFAULT_MODEL) -> d
         raise FailedPrecondition(f"run {run_id} has no checkpoint yet: train it first")
     state, summary = restored
     generator = generator_from_checkpoint(state)
+    report = runs.read_json(store, run_id, "report.json") or {}
+    about = {
+        "run_id": run_id,
+        "dataset": run["dataset"],
+        "config": run["config_name"],
+        "step": int(state["step"]),
+        "checkpoint_sha256": summary.get("sha256", ""),
+        "test_headline": report.get("headline", {}),
+    }
+    return publish_generator(store, generator, model, about)
+
+
+def publish_generator(store: ObjectStore, generator: Generator, model: str, about: dict[str, Any]) -> dict[str, Any]:
+    """Script `generator`, check it against the eager model and publish it as the next version of
+    `model`; `about` (where it comes from) goes into its provenance.json, which is returned."""
+    validate_model_name(model)
+    generator = generator.eval()
     module = script(generator)
     difference = check_against_eager(generator, module)
     if difference > MAX_EAGER_DIFFERENCE:
@@ -135,21 +152,15 @@ def export_run(store: ObjectStore, run_id: str, model: str = DEFAULT_MODEL) -> d
             module.save(str(path))
             buf.write(path.read_bytes())
     version = _next_version(store, model)
-    report = runs.read_json(store, run_id, "report.json") or {}
     provenance = {
         "model": model,
         "version": version,
-        "run_id": run_id,
-        "dataset": run["dataset"],
-        "config": run["config_name"],
-        "step": int(state["step"]),
-        "checkpoint_sha256": summary.get("sha256", ""),
-        "generator": state["generator"],
-        "scale": int(state["generator"].get("scale", 4)),
+        **about,
+        "generator": generator.config.to_dict(),
+        "scale": int(generator.config.scale),
         "normalisation": normalise.VERSION,
         "noise_channels": NOISE_CHANNELS,
         "eager_max_abs_difference": difference,
-        "test_headline": report.get("headline", {}),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     prefix = f"{model}/{version}"
@@ -158,6 +169,9 @@ def export_run(store: ObjectStore, run_id: str, model: str = DEFAULT_MODEL) -> d
     store.put_json(BUCKET, f"{prefix}/provenance.json", provenance)
     store.put_bytes(BUCKET, f"{model}/config.pbtxt", python_config(model).encode(), content_type="text/plain")
     store.put_bytes(BUCKET, f"{model}/configs/gpu.pbtxt", gpu_config(model).encode(), content_type="text/plain")
-    published = [*versions(store, model), {"version": version, "run_id": run_id, "exported": provenance["exported"]}]
+    published = [
+        *versions(store, model),
+        {"version": version, "run_id": about.get("run_id", ""), "exported": provenance["exported"]},
+    ]
     store.put_json(BUCKET, f"{model}/versions.json", {"model": model, "versions": published})
     return provenance
