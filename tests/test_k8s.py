@@ -5,8 +5,10 @@ Every overlay under k8s/overlays/ is rendered with `kubectl kustomize`
 Kubernetes OpenAPI schema bundled with kubernetes-validate, and the render
 is run through the policy checks below (security context, resources,
 probes, image tags, secrets, namespaces, Service selectors, batch deadlines,
-the crawler's browser memory) plus the platform contract (ports, ConfigMap,
-probes, MinIO, bootstrap Job, the daily recrawl CronJob).
+the crawler's browser memory, RBAC, Triton, autoscaling against disruption
+budgets, and the reachability the NetworkPolicies give: a small evaluator of
+the rendered policies) plus the platform contract (ports, ConfigMap, probes,
+MinIO, bootstrap Job, the daily recrawl CronJob, Triton on GPU in production).
 
 The policy checks are plain functions returning a list of violation strings;
 the negative tests at the bottom prove that each of them reports a
@@ -18,12 +20,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.metadata
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,14 @@ REQUIRED_CONFIG = {
     "PSS_GATEWAY_ADDR": "gateway:50051",
     "PSS_TRITON_GRPC_ADDR": "triton:8001",
     "PSS_SHUTDOWN_GRACE_S": None,
+    # The gateway's (services/gateway/service.py; checked by its own settings in
+    # test_env_accepted_by_service_config).
+    "PSS_SESAME_URL": None,
+    "PSS_GATEWAY_MAX_RENDERS": None,
+    "PSS_GATEWAY_MAX_QUEUE": None,
+    "PSS_TRITON_MAX_IN_FLIGHT": None,
+    "PSS_RENDER_TILE_PX": None,
+    "PSS_TRITON_MODEL_CONFIG_NAME": "gpu",  # the gateway loads versions with Triton's own config
 }
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
@@ -568,6 +580,445 @@ def check_rbac(objs: list[Obj]) -> list[str]:
     return errors
 
 
+# --------------------------------------------------------------------------
+# Triton (the inference server): official image, explicit model control of the
+# generator with its GPU config, native HTTP probes on Triton's health endpoints,
+# the model repository in MinIO's `models` bucket, metrics scraped.
+
+TRITON = "triton"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# services/trainer/export.py DEFAULT_MODEL and its configs/gpu.pbtxt (not imported: it loads torch).
+TRITON_MODEL = "generator"
+TRITON_CONFIG_NAME = "gpu"
+MODELS_BUCKET = "models"
+GPU_RESOURCE = "nvidia.com/gpu"
+TRITON_PROBES = {
+    "startupProbe": "/v2/health/live",
+    "livenessProbe": "/v2/health/live",
+    "readinessProbe": "/v2/health/ready",
+}
+
+
+def _configmaps(objs: list[Obj]) -> dict[str, dict[str, str]]:
+    return {o["metadata"]["name"]: o.get("data") or {} for o in objs if o.get("kind") == "ConfigMap"}
+
+
+def container_environ(objs: list[Obj], c: Obj) -> dict[str, str]:
+    """A container's env as the kubelet builds it from the render (envFrom and configMapKeyRef
+    resolved; Secret values replaced by a placeholder)."""
+    configmaps = _configmaps(objs)
+    environ: dict[str, str] = {}
+    for src in c.get("envFrom") or []:
+        if "configMapRef" in src:
+            environ.update(configmaps.get(src["configMapRef"]["name"], {}))
+    for env in c.get("env") or []:
+        source = env.get("valueFrom") or {}
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            value = configmaps.get(ref["name"], {}).get(ref["key"])
+            if value is not None:
+                environ[env["name"]] = value
+        elif "secretKeyRef" in source:
+            environ[env["name"]] = "placeholder-from-secret"
+        elif "value" in env:
+            environ[env["name"]] = env["value"]
+    return environ
+
+
+def server_flags(args: list[str]) -> dict[str, list[str]]:
+    """`--name=value` arguments by name (a bare `--name` reads as "true"); repeated flags keep every value."""
+    flags: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            flags.setdefault(name, []).append(value if "=" in arg else "true")
+    return flags
+
+
+def _probe_port(c: Obj, probe: Obj) -> int | None:
+    port = (probe.get("httpGet") or {}).get("port")
+    if isinstance(port, str):
+        return {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}.get(port)
+    return port
+
+
+def _workload(objs: list[Obj], kind: str, name: str) -> Obj | None:
+    return next((o for o in objs if o.get("kind") == kind and o.get("metadata", {}).get("name") == name), None)
+
+
+def check_triton(objs: list[Obj]) -> list[str]:
+    """Deployment/triton runs the official image with explicit model control of the generator's GPU
+    config from s3://<PSS_S3_ENDPOINT>/models, native HTTP probes on the health endpoints, its
+    metrics scraped, and the Service `triton` exposing http/grpc/metrics."""
+    dep = _workload(objs, "Deployment", TRITON)
+    if dep is None:
+        return [f"Deployment/{TRITON}: not in the render"]
+    where = f"Deployment/{TRITON}"
+    template = dep["spec"]["template"]
+    containers = template["spec"].get("containers") or []
+    if len(containers) != 1:
+        return [f"{where}: expected one container, found {len(containers)}"]
+    c = containers[0]
+    errors = []
+    image = str(c.get("image", ""))
+    repo, _, tag = image.partition("@")[0].rpartition(":")
+    if repo != TRITON_IMAGE or not tag.endswith("-py3"):
+        errors.append(f"{where}: image {image!r} is not the official {TRITON_IMAGE}:<release>-py3")
+    args = [_expand(a, container_environ(objs, c)) for a in c.get("args") or []]
+    if not args or args[0] != "tritonserver":
+        errors.append(f"{where}: args {args[:1]} do not start tritonserver")
+    flags = server_flags(args)
+    expected = {
+        "model-control-mode": ["explicit"],
+        "model-config-name": [TRITON_CONFIG_NAME],
+        "load-model": [TRITON_MODEL],
+        "strict-readiness": ["true"],
+    }
+    for flag, values in expected.items():
+        if flags.get(flag) != values:
+            errors.append(f"{where}: --{flag} is {flags.get(flag)}, expected {values}")
+    # The gateway loads each new version with a config override: it must be the config Triton runs.
+    gateway_config = _configmaps(objs).get(CONFIGMAP_NAME, {}).get("PSS_TRITON_MODEL_CONFIG_NAME")
+    if flags.get("model-config-name") != [gateway_config]:
+        errors.append(
+            f"{where}: --model-config-name is {flags.get('model-config-name')}, but the gateway loads versions "
+            f"with PSS_TRITON_MODEL_CONFIG_NAME={gateway_config!r}"
+        )
+    if len(flags.get("exit-on-error", [])) != 1:
+        errors.append(f"{where}: --exit-on-error is not set explicitly")
+    endpoint = _configmaps(objs).get(CONFIGMAP_NAME, {}).get("PSS_S3_ENDPOINT")
+    repository = f"s3://{endpoint}/{MODELS_BUCKET}"
+    if flags.get("model-repository") != [repository]:
+        errors.append(
+            f"{where}: --model-repository is {flags.get('model-repository')}, expected [{repository!r}] "
+            "(s3://host:port/bucket with PSS_S3_ENDPOINT)"
+        )
+    env = {e.get("name"): e.get("valueFrom") or {} for e in c.get("env") or []}
+    for var, key in (("AWS_ACCESS_KEY_ID", "access-key"), ("AWS_SECRET_ACCESS_KEY", "secret-key")):
+        if (env.get(var) or {}).get("secretKeyRef") != {"name": SECRET_NAME, "key": key}:
+            errors.append(f"{where}: {var} is not the key {key!r} of the Secret {SECRET_NAME!r}")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if ports != TRITON_PORTS:
+        errors.append(f"{where}: container ports {ports}, expected {TRITON_PORTS}")
+    for probe_name, path in TRITON_PROBES.items():
+        probe = c.get(probe_name) or {}
+        got = (probe.get("httpGet") or {}).get("path")
+        if got != path or _probe_port(c, probe) != TRITON_PORTS["http"]:
+            errors.append(
+                f"{where}: {probe_name} is not an httpGet probe on {path} port {TRITON_PORTS['http']} ({probe})"
+            )
+    ann = template["metadata"].get("annotations") or {}
+    scrape = (ann.get("prometheus.io/scrape"), ann.get("prometheus.io/port"), ann.get("prometheus.io/path"))
+    if scrape != ("true", str(TRITON_PORTS["metrics"]), "/metrics"):
+        errors.append(f"{where}: prometheus annotations {scrape} do not scrape :{TRITON_PORTS['metrics']}/metrics")
+    svc = _workload(objs, "Service", TRITON)
+    if svc is None:
+        errors.append(f"Service/{TRITON}: not in the render (PSS_TRITON_GRPC_ADDR=triton:8001)")
+    else:
+        sports = {p.get("name"): p.get("port") for p in svc["spec"].get("ports") or []}
+        if sports != TRITON_PORTS:
+            errors.append(f"Service/{TRITON}: ports {sports}, expected {TRITON_PORTS}")
+    return errors
+
+
+def check_triton_on_gpu(objs: list[Obj]) -> list[str]:
+    """Production: Triton gets a GPU and is placed like the training Jobs (the ConfigMap trainer-job's
+    node selector and tolerations), with a memory-backed /dev/shm that fits in its memory limit."""
+    dep = _workload(objs, "Deployment", TRITON)
+    if dep is None:
+        return [f"Deployment/{TRITON}: not in the render"]
+    where = f"Deployment/{TRITON}"
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    errors = []
+    limits = (c.get("resources") or {}).get("limits") or {}
+    if int(limits.get(GPU_RESOURCE, 0)) < 1:
+        errors.append(f"{where}: no {GPU_RESOURCE} limit")
+    jobs = _configmaps(objs).get("trainer-job", {})
+    selector = json.loads(jobs.get("PSS_TRAINER_JOB_NODE_SELECTOR") or "{}")
+    if not pod.get("nodeSelector") or pod.get("nodeSelector") != selector:
+        errors.append(f"{where}: nodeSelector {pod.get('nodeSelector')}, expected the GPU nodes' {selector}")
+    tolerations = json.loads(jobs.get("PSS_TRAINER_JOB_TOLERATIONS") or "[]") or [
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    for toleration in tolerations:
+        if toleration not in (pod.get("tolerations") or []):
+            errors.append(f"{where}: lacks the GPU nodes' toleration {toleration}")
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    shm = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == "/dev/shm"), None)
+    empty_dir = (volumes.get((shm or {}).get("name")) or {}).get("emptyDir") or {}
+    if empty_dir.get("medium") != "Memory" or "sizeLimit" not in empty_dir:
+        errors.append(f"{where}: /dev/shm is not a size-limited, memory-backed emptyDir")
+    elif parse_quantity("memory", limits.get("memory", 0)) < parse_quantity("memory", empty_dir["sizeLimit"]) + 2**30:
+        errors.append(f"{where}: memory limit {limits.get('memory')} leaves less than 1Gi beside /dev/shm")
+    return errors
+
+
+# --------------------------------------------------------------------------
+# Autoscaling: an HPA owns its Deployment's replica count (no `replicas` in the manifest, which
+# every `kubectl apply` would reset), needs CPU requests, and never goes below a PDB's
+# minAvailable + 1 (else a drain could not evict a single pod); a PDB on a fixed-size workload
+# likewise leaves one pod evictable.
+
+
+def check_autoscaling(objs: list[Obj]) -> list[str]:
+    errors = []
+    hpa_min: dict[tuple[str, str], int] = {}
+    for hpa in (o for o in objs if o.get("kind") == "HorizontalPodAutoscaler"):
+        spec = hpa.get("spec") or {}
+        ref = spec.get("scaleTargetRef") or {}
+        target = _workload(objs, ref.get("kind", ""), ref.get("name", ""))
+        if ref.get("apiVersion") != "apps/v1" or target is None:
+            errors.append(
+                f"{name_of(hpa)}: target {ref.get('apiVersion')} {ref.get('kind')}/{ref.get('name')} "
+                "is not in the render"
+            )
+            continue
+        low, high = spec.get("minReplicas", 1), spec.get("maxReplicas", 0)
+        if not 1 <= low <= high:
+            errors.append(f"{name_of(hpa)}: replicas {low}..{high} is not a range")
+        hpa_min[(target["kind"], target["metadata"]["name"])] = low
+        if "replicas" in (target.get("spec") or {}):
+            errors.append(f"{name_of(target)}: has `replicas` but {name_of(hpa)} owns its replica count")
+        for _key, c in iter_containers((pod_template(target) or {}).get("spec") or {}):
+            if "cpu" not in ((c.get("resources") or {}).get("requests") or {}):
+                errors.append(f"{name_of(target)} container[{c.get('name')}]: no CPU request for {name_of(hpa)}")
+    for pdb in (o for o in objs if o.get("kind") == "PodDisruptionBudget"):
+        selector = ((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        min_available = (pdb.get("spec") or {}).get("minAvailable")
+        if not isinstance(min_available, int) or not selector:
+            continue
+        for obj, _pod in workloads(objs):
+            labels = ((pod_template(obj) or {}).get("metadata") or {}).get("labels") or {}
+            if obj.get("kind") not in LONG_RUNNING_KINDS or not all(labels.get(k) == v for k, v in selector.items()):
+                continue
+            key = (obj["kind"], obj["metadata"]["name"])
+            low = hpa_min.get(key, obj["spec"].get("replicas", 1))
+            if low < min_available + 1:
+                owner = "its HPA's minReplicas" if key in hpa_min else "replicas"
+                errors.append(
+                    f"{name_of(pdb)}: minAvailable {min_available} blocks drains of {name_of(obj)} "
+                    f"({owner} {low} < minAvailable + 1)"
+                )
+    return errors
+
+
+# --------------------------------------------------------------------------
+# NetworkPolicies: who may talk to whom, computed from the rendered policies.
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One end of a connection: a pod (namespace, labels, named container ports) or, with
+    namespace None, something outside the cluster (the internet, a load balancer)."""
+
+    name: str
+    namespace: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+OUTSIDE = Endpoint("outside the cluster", None)
+MONITORING = Endpoint("a pod in namespace monitoring", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+STRANGER = Endpoint("an unlabelled pod", NAMESPACE, {"app.kubernetes.io/name": "debug"})
+# A workload no policy names: the namespace's default is to deny it any ingress.
+NEWCOMER = Endpoint("a pod of a new workload", NAMESPACE, {"app.kubernetes.io/name": "newcomer"}, {"http": 8080})
+# The gateway's labels, from another namespace: a podSelector alone must not admit it.
+LOOKALIKE = Endpoint("a gateway-labelled pod in namespace default", "default", {"app.kubernetes.io/name": "gateway"})
+
+
+def selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels AND matchExpressions; {} matches everything)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "In": key in labels and labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: Obj, policy_namespace: str, ep: Endpoint) -> bool:
+    """A NetworkPolicyPeer. ipBlock is taken to mean addresses outside the cluster (its CIDRs
+    are not modelled); podSelector alone means the policy's own namespace."""
+    if "ipBlock" in peer:
+        return ep.namespace is None
+    if ep.namespace is None:
+        return False
+    ns_selector = peer.get("namespaceSelector")
+    if ns_selector is None:
+        ns_ok = ep.namespace == policy_namespace
+    else:
+        ns_ok = selector_matches(ns_selector, {"kubernetes.io/metadata.name": ep.namespace})
+    pod_selector = peer.get("podSelector")
+    return ns_ok and (pod_selector is None or selector_matches(pod_selector, ep.labels))
+
+
+def _port_matches(rule_ports: list[Obj] | None, port: int, protocol: str, dst: Endpoint) -> bool:
+    if not rule_ports:
+        return True  # no ports: every port
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None:
+            return True
+        if isinstance(want, str):  # a named port of the destination pod
+            want = dst.ports.get(want)
+            if want is None:
+                continue
+        if want <= port <= p.get("endPort", want):
+            return True
+    return False
+
+
+def _policy_types(policy: Obj) -> list[str]:
+    spec = policy.get("spec") or {}
+    return spec.get("policyTypes") or ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+
+
+def _side_allows(
+    policies: list[Obj], subject: Endpoint, peer: Endpoint, port: int, protocol: str, ingress: bool
+) -> bool:
+    """Whether the policies selecting `subject` (the destination for ingress, the source for
+    egress) let the connection through; a pod no policy selects for that direction is open."""
+    direction, rules_key, peers_key = ("Ingress", "ingress", "from") if ingress else ("Egress", "egress", "to")
+    dst = subject if ingress else peer
+    if subject.namespace is None:
+        return True  # outside the cluster: not ours to police
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"].get("namespace") == subject.namespace
+        and selector_matches((p.get("spec") or {}).get("podSelector") or {}, subject.labels)
+        and direction in _policy_types(p)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in (policy.get("spec") or {}).get(rules_key) or []:
+            peers = rule.get(peers_key)
+            if peers and not any(_peer_matches(x, policy["metadata"].get("namespace"), peer) for x in peers):
+                continue
+            if _port_matches(rule.get("ports"), port, protocol, dst):
+                return True
+    return False
+
+
+def connection_allowed(objs: list[Obj], src: Endpoint, dst: Endpoint, port: int, protocol: str = "TCP") -> bool:
+    """A new connection from src to dst:port passes src's egress and dst's ingress policies."""
+    policies = [o for o in objs if o.get("kind") == "NetworkPolicy"]
+    return _side_allows(policies, src, dst, port, protocol, ingress=False) and _side_allows(
+        policies, dst, src, port, protocol, ingress=True
+    )
+
+
+def workload_endpoint(obj: Obj) -> Endpoint:
+    template = pod_template(obj) or {}
+    ports = {
+        p["name"]: p["containerPort"]
+        for _key, c in iter_containers(template.get("spec") or {})
+        for p in c.get("ports") or []
+        if p.get("name")
+    }
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    return Endpoint(name_of(obj), obj.get("metadata", {}).get("namespace"), dict(labels), ports)
+
+
+def _uses_object_store(pod: Obj) -> bool:
+    """The pod holds the MinIO credentials, so it is meant to reach MinIO."""
+    return any(
+        ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name") == SECRET_NAME
+        for _key, c in iter_containers(pod)
+        for e in c.get("env") or []
+    )
+
+
+WorkloadRef = tuple[str, str]
+GATEWAY: WorkloadRef = ("Deployment", "gateway")
+TRITON_REF: WorkloadRef = ("Deployment", TRITON)
+MINIO: WorkloadRef = ("StatefulSet", "minio")
+# (source, destination, port, protocol, allowed): the connections the platform needs and some it
+# must refuse. Who calls whom: PSS_TRITON_GRPC_ADDR (gateway), PSS_CUTOUTS_ADDR (gateway, curator),
+# PSS_CRAWLER_ADDR (the recrawl CronJob's CLI); curator and trainer have no in-cluster caller.
+CONNECTIONS: list[tuple[WorkloadRef | Endpoint, WorkloadRef | Endpoint, int, str, bool]] = [
+    (GATEWAY, TRITON_REF, 8001, "TCP", True),
+    (GATEWAY, TRITON_REF, 8000, "TCP", True),
+    (("Deployment", "crawler"), TRITON_REF, 8001, "TCP", False),
+    (("Deployment", "cutouts"), TRITON_REF, 8000, "TCP", False),
+    (STRANGER, TRITON_REF, 8001, "TCP", False),
+    (LOOKALIKE, TRITON_REF, 8001, "TCP", False),
+    (OUTSIDE, TRITON_REF, 8001, "TCP", False),
+    (MONITORING, TRITON_REF, 8002, "TCP", True),
+    (MONITORING, TRITON_REF, 8001, "TCP", False),
+    (OUTSIDE, GATEWAY, GRPC_PORT, "TCP", True),
+    (STRANGER, GATEWAY, GRPC_PORT, "TCP", True),
+    (OUTSIDE, GATEWAY, METRICS_PORT, "TCP", False),
+    (("Deployment", "cutouts"), MINIO, 9000, "TCP", True),
+    (TRITON_REF, MINIO, 9000, "TCP", True),
+    (STRANGER, MINIO, 9000, "TCP", False),
+    (OUTSIDE, MINIO, 9000, "TCP", False),
+    (MONITORING, MINIO, 9000, "TCP", True),
+    (GATEWAY, ("Deployment", "cutouts"), GRPC_PORT, "TCP", True),
+    (("Deployment", "curator"), ("Deployment", "cutouts"), GRPC_PORT, "TCP", True),
+    (("Deployment", "crawler"), ("Deployment", "cutouts"), GRPC_PORT, "TCP", False),
+    (("CronJob", RECRAWL_CRONJOB), ("Deployment", "crawler"), GRPC_PORT, "TCP", True),
+    (STRANGER, ("Deployment", "crawler"), GRPC_PORT, "TCP", False),
+    (GATEWAY, ("Deployment", "curator"), GRPC_PORT, "TCP", False),
+    (STRANGER, ("Deployment", "trainer"), GRPC_PORT, "TCP", False),
+    (STRANGER, NEWCOMER, 8080, "TCP", False),
+    # Egress: Triton and MinIO reach only what they need (and DNS); the services the internet.
+    (TRITON_REF, OUTSIDE, 443, "TCP", False),
+    (TRITON_REF, OUTSIDE, 53, "UDP", True),
+    (TRITON_REF, GATEWAY, GRPC_PORT, "TCP", False),
+    (MINIO, OUTSIDE, 443, "TCP", False),
+    (GATEWAY, OUTSIDE, 443, "TCP", True),  # Sesame (PSS_SESAME_URL)
+    (("Deployment", "crawler"), OUTSIDE, 443, "TCP", True),
+    (("Deployment", "cutouts"), OUTSIDE, 443, "TCP", True),
+    *((MONITORING, ("Deployment", s), METRICS_PORT, "TCP", True) for s in SERVICES),
+]
+
+
+def check_network_reachability(objs: list[Obj]) -> list[str]:
+    """The connections in CONNECTIONS are allowed or denied as listed, and every workload holding
+    the MinIO credentials (services, Jobs, CronJobs) reaches MinIO while the others do not."""
+    errors = []
+
+    def resolve(ref: WorkloadRef | Endpoint) -> Endpoint | None:
+        if isinstance(ref, Endpoint):
+            return ref
+        obj = _workload(objs, *ref)
+        if obj is None:
+            errors.append(f"{ref[0]}/{ref[1]}: not in the render")
+            return None
+        return workload_endpoint(obj)
+
+    def expect(src: Endpoint, dst: Endpoint, port: int, protocol: str, allowed: bool) -> None:
+        got = connection_allowed(objs, src, dst, port, protocol)
+        if got != allowed:
+            verdict = {True: "allowed", False: "denied"}
+            errors.append(f"{src.name} -> {dst.name}:{port}/{protocol} is {verdict[got]}, expected {verdict[allowed]}")
+
+    for src_ref, dst_ref, port, protocol, allowed in CONNECTIONS:
+        src, dst = resolve(src_ref), resolve(dst_ref)
+        if src is not None and dst is not None:
+            expect(src, dst, port, protocol, allowed)
+    minio = resolve(MINIO)
+    if minio is not None:
+        for obj, pod in workloads(objs):
+            if (obj.get("kind"), obj["metadata"].get("name")) != MINIO:
+                expect(workload_endpoint(obj), minio, 9000, "TCP", _uses_object_store(pod))
+    return errors
+
+
 POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_resources,
     check_security_context,
@@ -580,7 +1031,13 @@ POLICY_CHECKS: list[Callable[[list[Obj]], list[str]]] = [
     check_batch,
     check_browser_memory,
     check_rbac,
+    check_triton,
+    check_autoscaling,
+    check_network_reachability,
 ]
+
+# Only where the cluster has GPU nodes (the production overlay).
+PRODUCTION_CHECKS: list[Callable[[list[Obj]], list[str]]] = [check_triton_on_gpu]
 
 
 def check_policy(objs: list[Obj]) -> list[str]:
@@ -897,10 +1354,13 @@ def test_local_overlay() -> None:
     assert app_image_of(objs) == {"prettyspace:dev"}
     for obj, pod in workloads(list(objs)):
         if obj["kind"] in LONG_RUNNING_KINDS:
-            assert obj["spec"].get("replicas", 1) == 1, name_of(obj)
+            # Triton serves the GPU config and a laptop cluster has no GPU: scaled to 0.
+            expected = 0 if name_of(obj) == f"Deployment/{TRITON}" else 1
+            assert obj["spec"].get("replicas", 1) == expected, name_of(obj)
         for _key, c in iter_containers(pod):
             if is_app_image(c["image"]):
                 assert c.get("imagePullPolicy") == "IfNotPresent", name_of(obj)
+    assert not [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"], "no metrics-server on a laptop"
 
 
 def test_production_overlay() -> None:
@@ -909,8 +1369,125 @@ def test_production_overlay() -> None:
     repo, tag = image.rsplit(":", 1)
     assert "/" in repo and "." in repo.split("/", 1)[0], f"{image} is not registry-qualified"
     assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", tag), f"{image} has no version tag"
-    assert by_kind_name(objs, "Deployment", "gateway")["spec"]["replicas"] == 2
+    # The HPA owns the gateway's replica count (check_autoscaling): 2 at least, above the PDB.
+    assert "replicas" not in by_kind_name(objs, "Deployment", "gateway")["spec"]
+    hpa = by_kind_name(objs, "HorizontalPodAutoscaler", "gateway")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+    assert {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+    } in hpa["metrics"]
+    pdb = by_kind_name(objs, "PodDisruptionBudget", "gateway")["spec"]
+    assert hpa["minReplicas"] >= pdb["minAvailable"] + 1
+    triton = by_kind_name(objs, "Deployment", TRITON)["spec"]
+    assert triton["replicas"] == 1 and triton["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert storage_of(objs) > storage_of(render(BASE)), "production MinIO PVC must be larger than base"
+
+
+@pytest.mark.parametrize("check", PRODUCTION_CHECKS, ids=[c.__name__ for c in PRODUCTION_CHECKS])
+def test_production_checks(check: Callable[[list[Obj]], list[str]]) -> None:
+    errors = check(list(render(OVERLAYS_DIR / "production")))
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_triton_contract(overlay: Path) -> None:
+    """Beyond check_triton: a read-only root with a writable /tmp (Triton's local copy of the S3
+    repository) and a memory-backed /dev/shm, the image's user, drain time for in-flight requests."""
+    objs = render(overlay)
+    pod = by_kind_name(objs, "Deployment", TRITON)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "command" not in c, "the image's ENTRYPOINT (CUDA compatibility set-up) runs tritonserver"
+    assert pod["securityContext"]["runAsUser"] == 1000 and c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    (timeout,) = server_flags(c["args"])["exit-timeout-secs"]
+    assert int(timeout) < pod["terminationGracePeriodSeconds"]
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300, "model load + warm-up"
+    # The gateway finds it where PSS_TRITON_GRPC_ADDR says.
+    host, port = by_kind_name(objs, "ConfigMap", CONFIGMAP_NAME)["data"]["PSS_TRITON_GRPC_ADDR"].rsplit(":", 1)
+    svc = by_kind_name(objs, "Service", host)
+    assert any(p["port"] == int(port) and p["name"] == "grpc" for p in svc["spec"]["ports"])
+
+
+def test_server_flags() -> None:
+    flags = server_flags(["tritonserver", "--load-model=a", "--load-model=b", "--strict-readiness", "--x="])
+    assert flags == {"load-model": ["a", "b"], "strict-readiness": ["true"], "x": [""]}
+
+
+# --------------------------------------------------------------------------
+# The NetworkPolicy evaluator itself, on hand-written policies.
+
+
+def _policy(name: str, spec: Obj, namespace: str = NAMESPACE) -> Obj:
+    return {"kind": "NetworkPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_no_policy_allows_everything() -> None:
+    assert connection_allowed([], STRANGER, OUTSIDE, 443)
+    assert connection_allowed([], OUTSIDE, STRANGER, 1)
+
+
+def test_evaluator_selectors_ports_and_namespaces() -> None:
+    db = Endpoint("db", NAMESPACE, {"app": "db", "tier": "data"}, {"sql": 5432})
+    web = Endpoint("web", NAMESPACE, {"app": "web"})
+    policies = [
+        _policy("deny", {"podSelector": {}, "policyTypes": ["Ingress"]}),
+        _policy(
+            "db",
+            {
+                "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["data"]}]},
+                "ingress": [
+                    # podSelector AND namespaceSelector in one peer; a named port of the destination.
+                    {
+                        "from": [
+                            {
+                                "podSelector": {"matchLabels": {"app": "web"}},
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                            }
+                        ],
+                        "ports": [{"port": "sql"}],
+                    },
+                    {
+                        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}],
+                        "ports": [{"port": 9000, "endPort": 9010}],
+                    },
+                ],
+            },
+        ),
+    ]
+    assert connection_allowed(policies, web, db, 5432)
+    assert not connection_allowed(policies, web, db, 5433)
+    assert not connection_allowed(policies, web, db, 5432, "UDP")
+    assert not connection_allowed(policies, Endpoint("web elsewhere", "other", {"app": "web"}), db, 5432)
+    assert connection_allowed(policies, Endpoint("ops", "ops", {}), db, 9005)
+    assert not connection_allowed(policies, Endpoint("ops", "ops", {}), db, 9011)
+    assert not connection_allowed(policies, db, web, 80), "default deny"
+    assert not connection_allowed(policies, OUTSIDE, db, 5432)
+    # Egress: a policy with an egress section isolates its pods' outgoing connections too.
+    policies.append(
+        _policy(
+            "web-out",
+            {"podSelector": {"matchLabels": {"app": "web"}}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]},
+        )
+    )
+    assert not connection_allowed(policies, web, db, 5432)
+    assert connection_allowed(policies, web, OUTSIDE, 53, "UDP")
+    assert not connection_allowed(policies, web, OUTSIDE, 443)
+
+
+def test_selector_expressions() -> None:
+    labels = {"a": "1"}
+    assert selector_matches({}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "b", "operator": "DoesNotExist"}]}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["2"]}]}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "b", "operator": "In", "values": ["1"]}]}, labels)
+    assert not selector_matches({"matchLabels": {"a": "1", "b": "2"}}, labels)
 
 
 # --------------------------------------------------------------------------
@@ -1227,6 +1804,28 @@ def _cluster_role_binding(objs: list[Obj]) -> None:
     )
 
 
+def _triton(objs: list[Obj]) -> Obj:
+    return _container(objs, "Deployment", TRITON)
+
+
+def _triton_arg(objs: list[Obj], flag: str, value: str | None) -> None:
+    """Replace (value None: drop) Triton's --flag."""
+    c = _triton(objs)
+    c["args"] = [a for a in c["args"] if not a.startswith(f"--{flag}=")] + ([f"--{flag}={value}"] if value else [])
+
+
+def _netpol(objs: list[Obj], name: str) -> Obj:
+    return by_kind_name(objs, "NetworkPolicy", name)["spec"]
+
+
+def _drop_object(objs: list[Obj], kind: str, name: str) -> None:
+    objs.remove(by_kind_name(objs, kind, name))
+
+
+def _template_labels(objs: list[Obj], kind: str, name: str) -> dict[str, str]:
+    return (pod_template(by_kind_name(objs, kind, name)) or {})["metadata"]["labels"]
+
+
 MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], list[str]], str]] = {
     "no-limits": (_drop_limits, check_resources, "missing resources.limits.cpu"),
     "no-cpu-request": (_no_cpu_request, check_resources, "missing resources.requests.cpu"),
@@ -1296,7 +1895,179 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], li
         check_service_selectors,
         f"also selects the pods of CronJob/{RECRAWL_CRONJOB}",
     ),
+    "triton-cpu-config": (
+        lambda objs: _triton_arg(objs, "model-config-name", None),
+        check_triton,
+        "--model-config-name",
+    ),
+    "gateway-loads-cpu-config": (
+        lambda objs: by_kind_name(objs, "ConfigMap", CONFIGMAP_NAME)["data"].update(
+            PSS_TRITON_MODEL_CONFIG_NAME="default"
+        ),
+        check_triton,
+        "PSS_TRITON_MODEL_CONFIG_NAME='default'",
+    ),
+    "triton-poll-mode": (
+        lambda objs: _triton_arg(objs, "model-control-mode", "poll"),
+        check_triton,
+        "--model-control-mode is ['poll']",
+    ),
+    "triton-no-strict-readiness": (
+        lambda objs: _triton_arg(objs, "strict-readiness", "false"),
+        check_triton,
+        "--strict-readiness",
+    ),
+    "triton-other-repository": (
+        lambda objs: _triton_arg(objs, "model-repository", "s3://minio:9000/archive"),
+        check_triton,
+        "--model-repository",
+    ),
+    "triton-tcp-readiness": (
+        lambda objs: _triton(objs).update(readinessProbe={"tcpSocket": {"port": 8001}}),
+        check_triton,
+        "readinessProbe is not an httpGet probe on /v2/health/ready",
+    ),
+    "triton-liveness-on-ready": (
+        lambda objs: _triton(objs)["livenessProbe"]["httpGet"].update(path="/v2/health/ready"),
+        check_triton,
+        "livenessProbe is not an httpGet probe on /v2/health/live",
+    ),
+    "triton-community-image": (
+        lambda objs: _triton(objs).update(image="someone/tritonserver:26.07-py3"),
+        check_triton,
+        "is not the official",
+    ),
+    "triton-not-scraped": (
+        lambda objs: by_kind_name(objs, "Deployment", TRITON)["spec"]["template"]["metadata"]["annotations"].update(
+            {"prometheus.io/port": "8000"}
+        ),
+        check_triton,
+        "prometheus annotations",
+    ),
+    "no-triton-service": (lambda objs: _drop_object(objs, "Service", TRITON), check_triton, "Service/triton"),
+    "hpa-and-replicas": (
+        lambda objs: by_kind_name(objs, "Deployment", "gateway")["spec"].update(replicas=2),
+        check_autoscaling,
+        "Deployment/gateway: has `replicas` but HorizontalPodAutoscaler/gateway owns",
+    ),
+    "hpa-min-at-pdb": (
+        lambda objs: by_kind_name(objs, "HorizontalPodAutoscaler", "gateway")["spec"].update(minReplicas=1),
+        check_autoscaling,
+        "minAvailable 1 blocks drains of Deployment/gateway (its HPA's minReplicas 1",
+    ),
+    "hpa-wrong-target": (
+        lambda objs: by_kind_name(objs, "HorizontalPodAutoscaler", "gateway")["spec"]["scaleTargetRef"].update(
+            name="gatewy"
+        ),
+        check_autoscaling,
+        "Deployment/gatewy is not in the render",
+    ),
+    "pdb-on-single-replica": (
+        lambda objs: objs.append(
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": {"name": "crawler", "namespace": NAMESPACE},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "crawler"}}},
+            }
+        ),
+        check_autoscaling,
+        "blocks drains of Deployment/crawler (replicas 1",
+    ),
+    "triton-open-to-all": (
+        lambda objs: _netpol(objs, "triton")["ingress"][0].pop("from"),
+        check_network_reachability,
+        "Deployment/crawler -> Deployment/triton:8001/TCP is allowed, expected denied",
+    ),
+    "triton-open-to-namespace": (
+        lambda objs: _netpol(objs, "triton")["ingress"][0].update({"from": [{"podSelector": {}}]}),
+        check_network_reachability,
+        "an unlabelled pod -> Deployment/triton:8001/TCP is allowed, expected denied",
+    ),
+    "cutouts-not-object-store-client": (
+        lambda objs: _template_labels(objs, "Deployment", "cutouts").pop("prettyspace.io/object-store"),
+        check_network_reachability,
+        "Deployment/cutouts -> StatefulSet/minio:9000/TCP is denied, expected allowed",
+    ),
+    "minio-open-to-namespace": (
+        lambda objs: _netpol(objs, "minio")["ingress"][0].update({"from": [{"podSelector": {}}]}),
+        check_network_reachability,
+        "an unlabelled pod -> StatefulSet/minio:9000/TCP is allowed, expected denied",
+    ),
+    "recrawl-gets-object-store-label": (
+        lambda objs: _template_labels(objs, "CronJob", RECRAWL_CRONJOB).update(
+            {"prettyspace.io/object-store": "client"}
+        ),
+        check_network_reachability,
+        f"CronJob/{RECRAWL_CRONJOB} -> StatefulSet/minio:9000/TCP is allowed, expected denied",
+    ),
+    "no-gateway-ingress": (
+        lambda objs: _drop_object(objs, "NetworkPolicy", "gateway-ingress"),
+        check_network_reachability,
+        "outside the cluster -> Deployment/gateway:50051/TCP is denied, expected allowed",
+    ),
+    "no-default-deny": (
+        lambda objs: _drop_object(objs, "NetworkPolicy", "default-deny-ingress"),
+        check_network_reachability,
+        "an unlabelled pod -> a pod of a new workload:8080/TCP is allowed, expected denied",
+    ),
+    "triton-no-dns": (
+        lambda objs: _netpol(objs, "triton")["egress"].pop(),
+        check_network_reachability,
+        "Deployment/triton -> outside the cluster:53/UDP is denied, expected allowed",
+    ),
+    "triton-egress-anywhere": (
+        lambda objs: _netpol(objs, "triton").update(policyTypes=["Ingress"], egress=[]),
+        check_network_reachability,
+        "Deployment/triton -> outside the cluster:443/TCP is allowed, expected denied",
+    ),
+    "scraper-elsewhere": (
+        lambda objs: _netpol(objs, "metrics-ingress")["ingress"][0]["from"][0]["namespaceSelector"].update(
+            matchLabels={"kubernetes.io/metadata.name": "monitor"}
+        ),
+        check_network_reachability,
+        "a pod in namespace monitoring -> Deployment/gateway:9090/TCP is denied, expected allowed",
+    ),
 }
+
+
+# Production-only checks (Triton on a GPU node).
+PRODUCTION_MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], list[str]], str]] = {
+    "triton-no-gpu": (
+        lambda objs: _triton(objs)["resources"]["limits"].pop(GPU_RESOURCE),
+        check_triton_on_gpu,
+        "no nvidia.com/gpu limit",
+    ),
+    "triton-any-node": (
+        lambda objs: by_kind_name(objs, "Deployment", TRITON)["spec"]["template"]["spec"].pop("nodeSelector"),
+        check_triton_on_gpu,
+        "nodeSelector None",
+    ),
+    "triton-no-toleration": (
+        lambda objs: by_kind_name(objs, "Deployment", TRITON)["spec"]["template"]["spec"].update(tolerations=[]),
+        check_triton_on_gpu,
+        "lacks the GPU nodes' toleration",
+    ),
+    "triton-disk-shm": (
+        lambda objs: next(
+            v
+            for v in by_kind_name(objs, "Deployment", TRITON)["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "dshm"
+        )["emptyDir"].pop("medium"),
+        check_triton_on_gpu,
+        "/dev/shm is not a size-limited, memory-backed emptyDir",
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", list(PRODUCTION_MUTATIONS))
+def test_production_checks_catch(mutation: str) -> None:
+    mutate, check, expected = PRODUCTION_MUTATIONS[mutation]
+    objs = good_objects()
+    assert check(objs) == []
+    mutate(objs)
+    errors = check(objs)
+    assert any(expected in e for e in errors), f"{check.__name__} missed {mutation!r}: {errors}"
 
 
 def test_good_objects_pass_policy() -> None:

@@ -75,6 +75,7 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_RUN_ID = "prettyspace.io/run-id"
+LABEL_OBJECT_STORE = "prettyspace.io/object-store"  # "client": MinIO admits the pod (k8s/base/network-policies.yaml)
 ANNOTATION_DATASET = "prettyspace.io/dataset"
 ANNOTATION_CONFIG = "prettyspace.io/config"
 JOB_APP_NAME = "trainer-run"
@@ -460,7 +461,7 @@ def job_manifest(spec: TrainingJobSpec) -> dict[str, Any]:
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+            "template": {"metadata": {"labels": {**labels, LABEL_OBJECT_STORE: "client"}}, "spec": pod},
         },
     }
 
