@@ -20,7 +20,10 @@ from deploy.localstack.demo import (
     curate_pairs,
     cut_surveys,
     export_dataset_plots,
+    export_demo_model,
     preview_embedded_sky,
+    render_demo_targets,
+    train_demo_model,
 )
 from deploy.localstack.stack import DEFAULT_CACHE, DEFAULT_ROOT, Stack, StackError
 from services.api import common_pb2
@@ -110,12 +113,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nthe embedded sky, seen as the survey cutout and as the crawled archive image:")
     for path in preview_embedded_sky(stack, DEFAULT_ROOT / "demo"):
         print(f"  {path}")
+    print("\ntraining the demo generator (trainer service; ~13 min + evaluation on 2 cores, once):")
+    run_id, how = train_demo_model(stack)
+    model, version = export_demo_model(stack, run_id)
+    print(f"  run {run_id} ({how}), exported as {model} version {version} into the models bucket")
+    print("\nrendering named targets and held-out test fields through the gateway (Triton serving the generator):")
+    for path in render_demo_targets(stack, DEFAULT_ROOT / "demo"):
+        print(f"  {path}")
     print(
-        "\nThe platform is up: an S3 object store, Triton serving the bicubic_x4 baseline from the\n"
+        "\nThe platform is up: an S3 object store, Triton serving the trained generator from the\n"
         "`models` bucket, the crawler, cutouts, curator, trainer and gateway services, and replicas of\n"
-        "esahubble.org, esawebb.org, CDS hips2fits and the Gaia TAP serving the local sky, all healthy.\n"
+        "esahubble.org, esawebb.org, CDS hips2fits, CDS Sesame and the Gaia TAP serving the local sky.\n"
         f"Browse the Hubble archive replica: {stack.env()['PSS_ESAHUBBLE_URL']}/images/archive/search/\n"
-        "Ask the platform yourself: .venv/bin/prettyspace status  (with the settings of .stack/stack.env)"
+        "Render anything yourself (with the settings of .stack/stack.env):\n"
+        '  set -a; . .stack/stack.env; set +a; .venv/bin/prettyspace render "M51" --fov 8 --size 1024 --out m51.png'
     )
     return 0
 

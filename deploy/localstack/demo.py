@@ -1,8 +1,9 @@
-"""What `make demo` runs on the embedded sky until the gateway renders (#8): a crawl of
-both archive replicas by the crawler service (real Chromium, real S3), then survey cutouts
-(DSS2, SDSS9) of every crawled observation by the cutouts service (through the hips2fits
-replica), then, for a few observations, the stored DSS2 cutout beside the crawled image of
-the same footprint. Both come from the same local sky."""
+"""What `make demo` runs on the embedded sky: the whole main job. A crawl of both archive
+replicas by the crawler service (real Chromium, real S3); survey cutouts (DSS2, SDSS9) of every
+crawled observation by the cutouts service (through the hips2fits replica); curation and the demo
+training dataset; the demo generator trained by the trainer service (or the one an earlier demo
+run trained) and exported into Triton's model repository; then renders of a few named targets and
+of held-out test fields through the gateway, each beside its survey cutout."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import io
 import json
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from deploy.localstack.stack import Stack
-from services.api import common_pb2, crawler_pb2, curator_pb2, cutouts_pb2
+from services.api import common_pb2, crawler_pb2, curator_pb2, cutouts_pb2, gateway_pb2, trainer_pb2
 from services.client.cli import follow_with_progress
-from services.client.clients import CrawlerClient, CuratorClient, CutoutsClient
+from services.client.clients import CrawlerClient, CuratorClient, CutoutsClient, GatewayClient, TrainerClient
 
 KINDS = ("galaxy", "nebula", "cluster")
 DEMO_DATASET = "demo"
@@ -139,3 +141,108 @@ def preview_embedded_sky(stack: Stack, out_dir: Path, count: int = 3) -> list[Pa
             side_by_side(np.asarray(survey), outreach, title, meta["credit"]).save(path)
             written.append(path)
     return written
+
+
+DEMO_CONFIG = "demo"
+# Named targets resolved by the gateway (Sesame replica, else the shipped catalogue). The local
+# sky is synthetic, so a name points at whatever the local sky has there; the Hubble Ultra Deep
+# Field is where it holds a real Hubble image.
+DEMO_TARGETS = (("M51", 8.0), ("XDF", 4.0), ("M42", 12.0))
+RUNNING = (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING)
+
+
+def train_demo_model(stack: Stack, dataset: str = DEMO_DATASET) -> tuple[str, str]:
+    """The demo generator's training run: the newest successful demo run on ``dataset`` when an
+    earlier demo trained one, the run still going when a demo was interrupted (followed to its
+    end), else a new one. Returns (run id, "reused" | "resumed watching" | "trained")."""
+    with TrainerClient(stack.env()["PSS_TRAINER_ADDR"], timeout_s=30) as client:
+        runs = [
+            r
+            for r in client.stub.ListRuns(trainer_pb2.ListRunsRequest(limit=100), timeout=30)
+            if r.config == DEMO_CONFIG and r.dataset.name == dataset
+        ]
+        done = [r for r in runs if r.job.state == common_pb2.JOB_STATE_SUCCEEDED]
+        if done:
+            return done[0].id, "reused"
+        going = [r for r in runs if r.job.state in RUNNING]
+        if going:
+            job = follow_with_progress(client.jobs, going[0].job.id)
+            how = "resumed watching"
+        else:
+            request = trainer_pb2.StartTrainingRequest(
+                dataset=curator_pb2.DatasetRef(name=dataset),
+                config=DEMO_CONFIG,
+                request_id=f"demo-train-{uuid.uuid4().hex}",
+            )
+            job = follow_with_progress(client.jobs, client.stub.StartTraining(request, timeout=30).id)
+            how = "trained"
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            raise RuntimeError(f"training job {job.id} did not succeed: {job.error}")
+        return job.params["run_id"], how
+
+
+def export_demo_model(stack: Stack, run_id: str, model: str = "") -> tuple[str, int]:
+    """(model, version) exported from ``run_id`` (exported now unless an earlier demo did); the
+    default model is the one the gateway renders with."""
+    from services.trainer.export import DEFAULT_MODEL, versions  # torch: only when the demo gets here
+
+    model = model or DEFAULT_MODEL
+    store = stack.store()
+    for v in reversed(versions(store, model)):
+        if v.get("run_id") == run_id:
+            return model, int(v["version"])
+    with TrainerClient(stack.env()["PSS_TRAINER_ADDR"], timeout_s=30) as client:
+        request = trainer_pb2.ExportModelRequest(run_id=run_id, model_name=model, request_id=f"demo-export-{run_id}")
+        job = follow_with_progress(client.jobs, client.stub.ExportModel(request, timeout=30).id)
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"export job {job.id} did not succeed: {job.error}")
+    return model, int(versions(store, model)[-1]["version"])
+
+
+def _render(client: GatewayClient, request: gateway_pb2.RenderRequest, out: Path) -> list[Path]:
+    result = client.render(request, timeout_s=600)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.png)
+    side = out.with_name(out.stem + "-side-by-side.png")
+    side.write_bytes(result.side_by_side_png)
+    return [out, side]
+
+
+def test_fields(stack: Stack, dataset: str = DEMO_DATASET, count: int = 2) -> list[tuple[str, float, float, float]]:
+    """(title, RA, Dec, fov) of observations in the dataset's test split: fields the model never saw."""
+    store = stack.store()
+    with CuratorClient(stack.env()["PSS_CURATOR_ADDR"]) as client:
+        found = client.stub.GetDataset(curator_pb2.DatasetRef(name=dataset), timeout=30)
+    manifest = store.get_bytes("datasets", f"{dataset}/{found.ref.version}/manifest.jsonl").decode()
+    fields = []
+    for line in (json.loads(x) for x in manifest.splitlines() if x.strip()):
+        if line.get("split") != "test":
+            continue
+        source, image_id = line["source"], line["image_id"]
+        meta = store.get_json("archive", f"{source}/{image_id}/meta.json")
+        fov = float(max(meta["fov_arcmin"]["x"], meta["fov_arcmin"]["y"]))
+        centre = meta["center"]
+        fields.append((f"{image_id}: {meta['title']}", float(centre["ra_deg"]), float(centre["dec_deg"]), fov))
+        if len(fields) == count:
+            break
+    return fields
+
+
+def render_demo_targets(stack: Stack, out_dir: Path, size: int = 768) -> Iterator[Path]:
+    """Renders through the gateway (the newest exported generator): named targets, then held-out
+    test fields of the demo dataset, each with its survey | rendering side-by-side (yielded as
+    they are written)."""
+    with GatewayClient(stack.env()["PSS_GATEWAY_ADDR"], timeout_s=600) as client:
+        for name, fov in DEMO_TARGETS:
+            request = gateway_pb2.RenderRequest(
+                name=name, fov_arcmin=fov, size=common_pb2.PixelGrid(width=size, height=size), fidelity=0.5
+            )
+            yield from _render(client, request, out_dir / f"render-{name.lower()}.png")
+        for title, ra, dec, fov in test_fields(stack):
+            request = gateway_pb2.RenderRequest(
+                position=common_pb2.SkyPosition(ra_deg=ra, dec_deg=dec),
+                fov_arcmin=fov,
+                size=common_pb2.PixelGrid(width=size, height=size),
+                fidelity=0.5,
+            )
+            yield from _render(client, request, out_dir / f"render-test-{title.split(':')[0]}.png")

@@ -399,6 +399,16 @@ def output_footprint(spec: RenderSpec, wcs: WCS) -> dict[str, Any]:
     }
 
 
+def model_credit(model_provenance: dict[str, Any]) -> str:
+    """The generator learnt from ESA/Hubble and ESA/Webb images (CC BY 4.0): say so, and where each
+    image's own credit line is (the training dataset's credits.json)."""
+    dataset = model_provenance.get("dataset") or {}
+    if not isinstance(dataset, dict) or not dataset.get("name"):
+        return ""
+    where = f"datasets/{dataset['name']}/{dataset.get('version', '')}/credits.json".replace("//", "/")
+    return f"Generator trained on ESA/Hubble and ESA/Webb images (CC BY 4.0); their credit lines: {where}"
+
+
 def make_provenance(
     spec: RenderSpec,
     model: str,
@@ -419,7 +429,7 @@ def make_provenance(
         "model_run": model_provenance.get("run_id", ""),
         "model_dataset": model_provenance.get("dataset", ""),
         "disclaimer": products.DISCLAIMER,
-        "credits": [c for c in (cutout.credit,) if c],
+        "credits": [c for c in (cutout.credit, model_credit(model_provenance)) if c],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "software_version": software_version(),
         "samples": spec.samples,
