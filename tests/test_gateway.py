@@ -229,6 +229,44 @@ def test_a_new_model_version_is_served_without_a_restart(gateway, store) -> None
     assert code == grpc.StatusCode.NOT_FOUND and "served versions" in details
 
 
+def test_a_render_in_flight_finishes_on_its_version_while_a_new_one_replaces_it(
+    stack, store, model_v1, tmp_path
+) -> None:
+    """One version kept loaded: publishing the next retires the current one, but not under a render."""
+    proc = service_process(
+        stack,
+        ["services", "gateway"],
+        tmp_path,
+        "gw-keep-one",
+        triton_keep_versions="1",
+        model_poll_s="0.3",
+        render_batch_tiles="1",  # one tile per request, one request at a time: the render spans the swap
+        triton_max_in_flight="1",
+    ).start(timeout_s=60)
+    try:
+        current, _ = render(proc.address, request(no_cache=True))
+        old = current.provenance.model_version
+        long = request(size=common_pb2.PixelGrid(width=2048, height=2048), fov_arcmin=6.0, no_cache=True)
+        client = GatewayClient(proc.address, timeout_s=RENDER_TIMEOUT_S)
+        stream = client.stub.Render(long, timeout=RENDER_TIMEOUT_S)
+        progress = next(e.progress for e in stream if e.progress.stage == "rendering" and e.progress.done >= 1)
+        assert progress.total >= 9
+        new = publish(store, int(old) + 100)
+        events = list(stream)  # the rest of the tiles, on the old version, while the new one loads
+        result = events[-1].result
+        assert result.provenance.model_version == old and result.png == b""  # the PNG came in chunks
+        assert any(e.WhichOneof("event") == "chunk" for e in events)
+        deadline = time.monotonic() + 30
+        while (after := render(proc.address, request(no_cache=True))[0]).provenance.model_version != str(new):
+            assert time.monotonic() < deadline, "the new version was not served"
+            time.sleep(0.3)
+        code, _ = status_of(proc.address, request(model_version=old))
+        assert code == grpc.StatusCode.NOT_FOUND  # retired once no render used it
+        assert after.png
+    finally:
+        proc.stop()
+
+
 # -- bad input and failures ------------------------------------------------------------------
 
 

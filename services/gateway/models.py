@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +91,9 @@ class ModelRegistry:
         # (must match tritonserver --model-config-name).
         self.config_name = config_name
         self.load_timeout_s = load_timeout_s
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._served: dict[str, _Served] = {}
+        self._in_use: dict[tuple[str, int], int] = {}
 
     def _config_key(self, model: str) -> str:
         return f"{model}/configs/{self.config_name}.pbtxt" if self.config_name else f"{model}/config.pbtxt"
@@ -105,7 +108,10 @@ class ModelRegistry:
                     f"no version of model {model!r} is published in the {BUCKET} bucket: train and export one "
                     f"(prettyspace train …; prettyspace model export RUN --name {model})"
                 )
-            wanted = tuple(published[-self.keep_versions :])
+            # Versions a render is still using stay loaded until it ends (another gateway's renders
+            # are not known here: keep_versions >= 2 covers one export landing mid-render).
+            busy = {v for (m, v), n in self._in_use.items() if m == model and n > 0 and v in published}
+            wanted = tuple(sorted({*published[-self.keep_versions :], *busy}))
             served = self._served.setdefault(model, _Served())
             if wanted != served.versions or not self._ready(model, wanted[-1]):
                 self._load(model, wanted)
@@ -114,6 +120,18 @@ class ModelRegistry:
                 log.info("model versions served", extra={"model": model, "versions": list(wanted)})
             served.synced_at = time.monotonic()
             return served.versions
+
+    @contextmanager
+    def lease(self, served: ServedVersion) -> Iterator[ServedVersion]:
+        """Hold `served` loaded while a render uses it (a sync meanwhile keeps it)."""
+        key = (served.model, served.version)
+        with self._lock:
+            self._in_use[key] = self._in_use.get(key, 0) + 1
+        try:
+            yield served
+        finally:
+            with self._lock:
+                self._in_use[key] -= 1
 
     def known(self) -> list[str]:
         """Models rendered with (or synced) so far."""

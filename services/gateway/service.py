@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from services.cutouts.geometry import header_wcs
 from services.gateway import products
 from services.gateway.admission import Admission
 from services.gateway.inference import Deadline, TritonRunner
-from services.gateway.models import ModelRegistry
+from services.gateway.models import ModelRegistry, ServedVersion
 from services.gateway.names import NameResolver
 from services.gateway.render import (
     DEFAULT_SIZE_PX,
@@ -38,6 +38,7 @@ from services.gateway.render import (
     Rendered,
     RenderSpec,
     Target,
+    Tiling,
     check_position,
     check_spec,
     default_fov,
@@ -143,15 +144,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         deadline = _deadline(context)
-        events: list[gateway_pb2.RenderEvent] = []
-
-        def progress(stage: str, done: int, total: int, message: str = "") -> None:
-            events.append(
-                gateway_pb2.RenderEvent(
-                    progress=common_pb2.JobProgress(stage=stage, done=done, total=total, message=message)
-                )
-            )
-
         with self.admission.enter() as ticket:
             if ticket.waited_behind:
                 yield _progress("queued", 0, 0, f"{ticket.waited_behind} render(s) ahead")
@@ -163,50 +155,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             key = render_key(spec, served.model, served.version, tiling)
             rendered = None if spec.no_cache else self.cache.load(key, spec.want_fits)
             if rendered is None:
-                grids = plan_grids(spec, served.scale, tiling.margin_px)
-                yield _progress("cutout", 0, 1, f"{spec.survey} {grids.input_width} x {grids.input_height} px")
-                cutout = self._cutout(spec, grids, deadline)
-                runner = TritonRunner(self.triton, self.triton_url, served.model, served.version, self.max_in_flight)
-                # Tiles run in a worker thread so progress reaches the client while they do.
-                result: dict[str, Any] = {}
-                worker = threading.Thread(
-                    target=_capture,
-                    args=(
-                        result,
-                        render_pixels,
-                        spec,
-                        grids,
-                        cutout,
-                        runner,
-                        tiling,
-                        deadline,
-                        cancelled,
-                        progress,
-                    ),
-                    daemon=True,
-                )
-                worker.start()
-                yield from _drain(events, worker, cancelled)
-                if "error" in result:
-                    raise result["error"]
-                image, spread, survey01, stats = result["value"]
-                yield _progress("encoding", 0, 1, "PNG, FITS, spread, side-by-side")
-                provenance = make_provenance(
-                    spec, served.model, served.version, served.provenance, cutout, stats, tiling
-                )
-                wcs = grids.output_wcs(cutout.wcs, spec.width, spec.height)
-                rendered = Rendered(
-                    png=products.rendering_png(image, provenance),
-                    spread_png=products.spread_png(spread, provenance) if spread is not None else b"",
-                    side_by_side_png=products.side_by_side_png(survey01, image, provenance),
-                    fits=products.rendering_fits(image, wcs, provenance, spread) if spec.want_fits else b"",
-                    provenance=provenance,
-                    footprint=output_footprint(spec, wcs),
-                )
+                with self.models.lease(served):
+                    rendered = yield from self._render_now(spec, served, tiling, deadline, cancelled)
                 rendered.record = self.cache.save(key, rendered)
         yield from _result_events(rendered, spec.target.resolver)
 
     # -- steps ---------------------------------------------------------------------------
+
+    def _render_now(
+        self,
+        spec: RenderSpec,
+        served: ServedVersion,
+        tiling: Tiling,
+        deadline: Deadline,
+        cancelled: threading.Event,
+    ) -> Generator[gateway_pb2.RenderEvent, None, Rendered]:
+        """Cutout, tiles through Triton, products; yields progress, returns the rendering."""
+        grids = plan_grids(spec, served.scale, tiling.margin_px)
+        yield _progress("cutout", 0, 1, f"{spec.survey} {grids.input_width} x {grids.input_height} px")
+        cutout = self._cutout(spec, grids, deadline)
+        runner = TritonRunner(self.triton, self.triton_url, served.model, served.version, self.max_in_flight)
+        events: list[gateway_pb2.RenderEvent] = []
+
+        def progress(stage: str, done: int, total: int, message: str = "") -> None:
+            events.append(_progress(stage, done, total, message))
+
+        # Tiles run in a worker thread so that progress reaches the client while they do.
+        result: dict[str, Any] = {}
+        job = (spec, grids, cutout, runner, tiling, deadline, cancelled, progress)
+        worker = threading.Thread(target=_capture, args=(result, render_pixels, *job), daemon=True)
+        worker.start()
+        yield from _drain(events, worker, cancelled)
+        if "error" in result:
+            raise result["error"]
+        image, spread, survey01, stats = result["value"]
+        yield _progress("encoding", 0, 1, "PNG, FITS, spread, side-by-side")
+        provenance = make_provenance(spec, served.model, served.version, served.provenance, cutout, stats, tiling)
+        wcs = grids.output_wcs(cutout.wcs, spec.width, spec.height)
+        return Rendered(
+            png=products.rendering_png(image, provenance),
+            spread_png=products.spread_png(spread, provenance) if spread is not None else b"",
+            side_by_side_png=products.side_by_side_png(survey01, image, provenance),
+            fits=products.rendering_fits(image, wcs, provenance, spread) if spec.want_fits else b"",
+            provenance=provenance,
+            footprint=output_footprint(spec, wcs),
+        )
 
     def _spec(self, request: gateway_pb2.RenderRequest) -> RenderSpec:
         which = request.WhichOneof("target")
