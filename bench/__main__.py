@@ -1,5 +1,5 @@
-"""`python -m bench [stack|objectstore|universe|replicas|crawler|cutouts|curator|trainer|all] [--quick]`: run
-benchmarks, print a table, write bench/results/<name>.json (with machine info and a timestamp)."""
+"""`python -m bench [stack|objectstore|universe|replicas|crawler|cutouts|curator|trainer|gateway|all] [--quick]`:
+run benchmarks, print a table, write bench/results/<name>.json (with machine info and a timestamp)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench import (
     crawler_throughput,
     curator_throughput,
     cutouts_latency,
+    gateway_latency,
     objectstore_throughput,
     replica_pages,
     stack_startup,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, ModuleType]] = {
     "cutouts": ("cutouts_latency", cutouts_latency),
     "curator": ("curator_throughput", curator_throughput),
     "trainer": ("trainer_quality", trainer_quality),
+    "gateway": ("gateway_latency", gateway_latency),
 }
 
 
