@@ -6,8 +6,9 @@ local sky) and gateway processes of our own.
 
 The generator is the demo architecture with seeded random weights (its output conv given
 weights so the noise branch works), published with the trainer's own export code as the
-model ``bench_gen``; the same weights are published again as ``bench_gen_nodb``, whose
-config.pbtxt is the same but without ``dynamic_batching``. Every render is of one field of
+model ``bench_gen`` (the export's CPU config: Triton runs exactly the batches it is sent); the
+same weights are published again as ``bench_gen_db``, whose config.pbtxt is the same plus
+``dynamic_batching`` (a 2 ms queue delay). Every render is of one field of
 the local sky (RA 83.82, Dec -5.39; 8 arcmin; DSS2 colour; fidelity 0.5; one sample; a fixed
 seed, so every repetition runs the very same tiles).
 
@@ -27,8 +28,8 @@ seed, so every repetition runs the very same tiles).
    seed's noise, the gateway's tile size and tiles per request), runs interleaved, after
    warm-up:
    - tiles: the batches through ``TritonRunner`` (gRPC to the stack's Triton, as many in
-     flight as the gateway allows) on ``bench_gen`` (dynamic batching: Triton may merge the
-     requests in flight) and on ``bench_gen_nodb`` (Triton runs exactly the batches sent),
+     flight as the gateway allows) on ``bench_gen`` (as exported: Triton runs exactly the
+     batches sent) and on ``bench_gen_db`` (dynamic batching: Triton may merge the requests in flight),
      against ``LocalRunner`` on the TorchScript loaded in this process (``torch.jit.load`` of
      the published model.pt) with the intra-op threads Triton's Python backend gives its
      instance (cores / instances, deploy/triton/python_backend/model.py) and 1 inter-op thread;
@@ -43,7 +44,7 @@ seed, so every repetition runs the very same tiles).
    ``no_cache``, at client concurrency 1, 4 and 8.
 4. Dynamic batching: a gateway with PSS_RENDER_BATCH_TILES=1 (each tile its own Triton
    request, so only Triton's batcher can batch), 1024² renders (``--quick``: 512², one tile
-   each) at concurrency 4, on ``bench_gen`` against ``bench_gen_nodb`` (interleaved): tiles/s,
+   each) at concurrency 4, on ``bench_gen_db`` against ``bench_gen`` (interleaved): tiles/s,
    their ratio, and the mean batch Triton executed (from its inference statistics).
 
 When CUDA is available, the in-process tiles also run on the GPU (the module moved there).
@@ -91,7 +92,7 @@ from services.trainer import export
 
 GOAL_OVERHEAD = 0.15
 MODEL = "bench_gen"
-MODEL_NODB = "bench_gen_nodb"
+MODEL_DB = "bench_gen_db"
 SEED = 20240607  # the generator's weights
 RENDER_SEED = 7  # the render's noise: the same tiles every repetition
 FIELD = (83.82, -5.39)
@@ -142,8 +143,8 @@ def _load() -> list[float]:
 
 
 def _publish(store: Any) -> dict[str, Any]:
-    """bench_gen (the export's config: dynamic batching) and bench_gen_nodb (the same weights, the
-    same config without dynamic batching); returns what the benchmark needs of them."""
+    """bench_gen (the export's config: no dynamic batching) and bench_gen_db (the same weights, the
+    same config with dynamic batching); returns what the benchmark needs of them."""
     torch.manual_seed(SEED)
     generator = Generator(GeneratorConfig.demo())
     # A fresh generator's output conv is zero (only its bicubic skip path): give the residual
@@ -151,25 +152,26 @@ def _publish(store: Any) -> dict[str, Any]:
     torch.nn.init.normal_(generator.out_conv.weight, std=0.05)
     about = {"run_id": f"bench-seeded-{SEED}"}
     provenance = export.publish_generator(store, generator, MODEL, about)
-    nodb = export.publish_generator(store, generator, MODEL_NODB, about)
+    db = export.publish_generator(store, generator, MODEL_DB, about)
     config = render_config(
-        MODEL_NODB,
+        MODEL_DB,
         "python",
         export.INPUTS,
         export.OUTPUTS,
         max_batch_size=export.MAX_BATCH_SIZE,
-        dynamic_batching=False,
+        dynamic_batching=True,
         instance_kind="KIND_CPU",
+        max_queue_delay_microseconds=2000,
     )
-    store.put_bytes(export.BUCKET, f"{MODEL_NODB}/config.pbtxt", config.encode(), content_type="text/plain")
+    store.put_bytes(export.BUCKET, f"{MODEL_DB}/config.pbtxt", config.encode(), content_type="text/plain")
     pbtxt = store.get_bytes(export.BUCKET, f"{MODEL}/config.pbtxt").decode()
     return {
         "provenance": provenance,
         "version": int(provenance["version"]),
-        "version_nodb": int(nodb["version"]),
+        "version_db": int(db["version"]),
         "model_pt": store.get_bytes(export.BUCKET, f"{MODEL}/{provenance['version']}/model.pt"),
         "config_pbtxt": pbtxt,
-        "config_pbtxt_nodb": config,
+        "config_pbtxt_db": config,
     }
 
 
@@ -399,8 +401,8 @@ class _TritonRunners:
     def __init__(self, url: str, models: dict[str, Any], max_in_flight: int) -> None:
         self.client = grpcclient.InferenceServerClient(url)
         self.url = url
-        self.db = TritonRunner(self.client, url, MODEL, models["version"], max_in_flight)
-        self.nodb = TritonRunner(self.client, url, MODEL_NODB, models["version_nodb"], max_in_flight)
+        self.exported = TritonRunner(self.client, url, MODEL, models["version"], max_in_flight)
+        self.db = TritonRunner(self.client, url, MODEL_DB, models["version_db"], max_in_flight)
 
     def stats(self, model: str, version: int) -> tuple[int, int]:
         """(inferences, executions) Triton counts for a model version: their ratio is the mean batch."""
@@ -468,7 +470,7 @@ def _overhead(
     load_before = _load()
     batches = field.batches(limit)
     n_tiles = sum(len(b.ids) for b in batches)
-    by_name = {"triton": runners.db, "triton_nodb": runners.nodb, "in_process": local}
+    by_name = {"triton": runners.exported, "triton_db": runners.db, "in_process": local}
     if cuda is not None:
         by_name["in_process_cuda"] = cuda
     shape = tuple(batches[0].x.shape)
@@ -480,7 +482,7 @@ def _overhead(
     tiles_variants: dict[str, Callable[[], float]] = {
         name: (lambda runner=runner: _run_tiles(runner, batches)) for name, runner in by_name.items()
     }
-    versions = {MODEL: models["version"], MODEL_NODB: models["version_nodb"]}
+    versions = {MODEL: models["version"], MODEL_DB: models["version_db"]}
     before = {m: runners.stats(m, v) for m, v in versions.items()}
     tiles = _interleaved(tiles_variants, rounds)
     after = {m: runners.stats(m, v) for m, v in versions.items()}
@@ -497,10 +499,10 @@ def _overhead(
         "max_in_flight": field.max_in_flight,
         "tiles_s": {k: summarize(v) for k, v in tiles.items()},
         "per_tile_ms": {k: 1000 * v / n_tiles for k, v in med.items()},
-        "triton_mean_executed_batch": {"triton": executed[MODEL], "triton_nodb": executed[MODEL_NODB]},
+        "triton_mean_executed_batch": {"triton": executed[MODEL], "triton_db": executed[MODEL_DB]},
         "ratio": {
             "triton/in_process": med["triton"] / med["in_process"],
-            "triton_nodb/in_process": med["triton_nodb"] / med["in_process"],
+            "triton_db/in_process": med["triton_db"] / med["in_process"],
         },
     }
     if stage_rounds:
@@ -559,14 +561,14 @@ def _batching(
     serial: Iterator[int],
 ) -> dict[str, Any]:
     load_before = _load()
-    versions = {MODEL: models["version"], MODEL_NODB: models["version_nodb"]}
-    samples: dict[str, list[float]] = {MODEL: [], MODEL_NODB: []}
-    executed: dict[str, list[tuple[int, int]]] = {MODEL: [], MODEL_NODB: []}
-    latencies: dict[str, list[float]] = {MODEL: [], MODEL_NODB: []}
+    versions = {MODEL: models["version"], MODEL_DB: models["version_db"]}
+    samples: dict[str, list[float]] = {MODEL: [], MODEL_DB: []}
+    executed: dict[str, list[tuple[int, int]]] = {MODEL: [], MODEL_DB: []}
+    latencies: dict[str, list[float]] = {MODEL: [], MODEL_DB: []}
     for model in versions:  # warm-up, untimed: this tile shape at batch 1, on each model
         _render(gateway, _request(size, model=model, seed=next(serial)))
     for r in range(rounds):
-        for model in (MODEL, MODEL_NODB) if r % 2 == 0 else (MODEL_NODB, MODEL):
+        for model in (MODEL_DB, MODEL) if r % 2 == 0 else (MODEL, MODEL_DB):
             requests = [_request(size, model=model, seed=next(serial)) for _ in range(renders)]
             before = runners.stats(model, versions[model])
             started = time.perf_counter()
@@ -578,7 +580,7 @@ def _batching(
             executed[model].append((after[0] - before[0], after[1] - before[1]))
             latencies[model].extend(x["total_s"] for x in results)
     out: dict[str, Any] = {"size_px": size, "renders_per_round": renders, "concurrency": BATCHING_CONCURRENCY}
-    for model in (MODEL, MODEL_NODB):
+    for model in (MODEL_DB, MODEL):
         inferences = sum(e[0] for e in executed[model])
         executions = sum(e[1] for e in executed[model])
         out[model] = {
@@ -588,7 +590,7 @@ def _batching(
             "executions": executions,
             "mean_executed_batch": inferences / executions if executions else None,
         }
-    out["ratio_dynamic/none"] = statistics.median(samples[MODEL]) / statistics.median(samples[MODEL_NODB])
+    out["ratio_dynamic/none"] = statistics.median(samples[MODEL_DB]) / statistics.median(samples[MODEL])
     out["load"] = [load_before, _load()]
     return out
 
@@ -659,13 +661,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "version": models["version"],
                 "generator": models["provenance"]["generator"],
                 "config_dynamic_batching": "dynamic_batching" in models["config_pbtxt"],
-                "config_nodb_dynamic_batching": "dynamic_batching" in models["config_pbtxt_nodb"],
+                "config_db_dynamic_batching": "dynamic_batching" in models["config_pbtxt_db"],
             }
             # Warm-up, untimed: each gateway loads the models into Triton, opens its connections.
             _render(gateway, _request(256, seed=next(serial)))
             _render(concurrent, _request(THROUGHPUT_PX, seed=next(serial)))
             _render(batch1, _request(256, model=MODEL, seed=next(serial)))
-            _render(batch1, _request(256, model=MODEL_NODB, seed=next(serial)))
+            _render(batch1, _request(256, model=MODEL_DB, seed=next(serial)))
 
             in_flight = _gateway_default("TRITON_MAX_IN_FLIGHT")
             runners = _TritonRunners(stack.env()["PSS_TRITON_GRPC_ADDR"], models, in_flight)
@@ -782,8 +784,8 @@ def render(results: dict[str, Any]) -> str:
         inproc, inproc_min = o["tiles_s"]["in_process"]["median"], o["tiles_s"]["in_process"]["min"]
         for key, label in (
             ("in_process", "in-process"),
-            ("triton", "Triton (dyn. batching)"),
-            ("triton_nodb", "Triton (no dyn. batching)"),
+            ("triton", "Triton (as exported)"),
+            ("triton_db", "Triton (dyn. batching)"),
             ("in_process_cuda", "in-process CUDA"),
         ):
             if key not in o["tiles_s"]:
@@ -839,13 +841,13 @@ def render(results: dict[str, Any]) -> str:
     ]
     rows = [
         [
-            f"{name} ({'dynamic batching' if name == MODEL else 'none'})",
+            f"{name} ({'dynamic batching' if name == MODEL_DB else 'none'})",
             b[name]["tiles_per_s"]["median"],
             b[name]["latency_s"]["median"],
             f"{b[name]['mean_executed_batch']:.2f}" if b[name]["mean_executed_batch"] else "",
             b[name]["tiles_per_s"]["n"],
         ]
-        for name in (MODEL, MODEL_NODB)
+        for name in (MODEL_DB, MODEL)
     ]
     lines.append(table(["model", "tiles/s", "render latency med s", "exec. batch", "rounds"], rows))
     lines.append(f"dynamic / none tiles/s: {b['ratio_dynamic/none']:.2f}")

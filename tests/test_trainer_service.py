@@ -160,8 +160,8 @@ def test_export_publishes_a_torchscript_version_matching_the_eager_model(trainer
     assert provenance["eager_max_abs_difference"] <= 1e-4 and provenance["step"] == 24
     config = store.get_bytes(export.BUCKET, "gen_test/config.pbtxt").decode()
     gpu = store.get_bytes(export.BUCKET, "gen_test/configs/gpu.pbtxt").decode()
-    assert 'backend: "python"' in config and "KIND_CPU" in config
-    assert "pytorch" in gpu and "KIND_GPU" in gpu and "warmup" in gpu
+    assert 'backend: "python"' in config and "KIND_CPU" in config and "dynamic_batching" not in config
+    assert "pytorch" in gpu and "KIND_GPU" in gpu and "warmup" in gpu and "dynamic_batching" in gpu
     module = torch.jit.load(io.BytesIO(store.get_bytes(export.BUCKET, f"gen_test/{version}/model.pt")))
     state, _ = runs.load_checkpoint(store, rid)
     eager = export.generator_from_checkpoint(state)
