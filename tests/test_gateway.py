@@ -102,7 +102,15 @@ def fits_image(result) -> tuple[np.ndarray, WCS, fits.HDUList]:
 # -- the main path -----------------------------------------------------------------------
 
 
-def test_a_render_by_coordinates_puts_catalogue_stars_where_its_wcs_says(gateway) -> None:
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"position": common_pb2.SkyPosition(ra_deg=FIELD[0], dec_deg=FIELD[1])},
+        {"name": "M 42"},  # the Orion Nebula, resolved by Sesame: the same field as FIELD
+    ],
+    ids=["coordinates", "name"],
+)
+def test_a_render_puts_catalogue_stars_where_its_wcs_says(gateway, target) -> None:
     result, events = render(
         gateway.address,
         request(
@@ -111,15 +119,22 @@ def test_a_render_by_coordinates_puts_catalogue_stars_where_its_wcs_says(gateway
             want_fits=True,
             no_cache=True,
             model_name=SKIP_MODEL,
+            **target,
         ),
     )
+    asked = (result.footprint.center.ra_deg, result.footprint.center.dec_deg)
+    if "name" in target:
+        assert result.resolver == "sesame"
+        assert asked == pytest.approx((83.8221, -5.3911), abs=0.005)  # M42 in SIMBAD
+    else:
+        assert asked == pytest.approx(FIELD, abs=1e-9)
     assert {"cutout", "rendering", "encoding"} <= {e.stage for e in events}
     image, wcs, hdul = fits_image(result)
     assert image.shape == (3, 320, 384)
     assert hdul[0].header["DISCLAIM"] == DISCLAIMER and hdul[0].header["MODEL"] == SKIP_MODEL
     luminance = np.nan_to_num(image.sum(axis=0))
     sky = Sky()
-    stars = isolated_bright_stars(sky, wcs, luminance.shape, *FIELD, 0.06)
+    stars = isolated_bright_stars(sky, wcs, luminance.shape, *asked, 0.06)
     assert len(stars) >= 3, f"only {len(stars)} usable catalogue stars in the field"
     offsets = centroid_offsets(luminance, wcs, stars["ra"], stars["dec"], box=8)
     # 1 output px = 0.94 arcsec here; a quarter of a survey pixel is 1 output px.
@@ -132,7 +147,7 @@ def test_a_render_by_coordinates_puts_catalogue_stars_where_its_wcs_says(gateway
     # The footprint and the FITS agree, and the centre is the asked position.
     assert result.footprint.grid.width == 384 and result.footprint.grid.height == 320
     centre = wcs.pixel_to_world((384 - 1) / 2, (320 - 1) / 2)
-    assert centre.ra.deg == pytest.approx(FIELD[0], abs=1e-4) and centre.dec.deg == pytest.approx(FIELD[1], abs=1e-4)
+    assert centre.ra.deg == pytest.approx(asked[0], abs=1e-4) and centre.dec.deg == pytest.approx(asked[1], abs=1e-4)
 
 
 def test_the_png_says_it_is_an_ai_rendering_and_is_the_fits_upside_down(gateway) -> None:
