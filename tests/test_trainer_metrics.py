@@ -69,6 +69,20 @@ def test_identical_images_score_perfectly(renders):
     assert pr["precision"] == 1.0 and pr["recall"] == 1.0 and pr["n_target"] > 10
 
 
+def test_level_matching_forgives_a_stretch_and_not_wrong_structure(renders):
+    t = renders["xdf"]
+    src = metrics.source_mask(t)
+    stretched = 0.5 * t + np.array([0.1, 0.2, 0.05])[:, None, None]  # darker, other sky per channel
+    assert metrics.psnr(stretched, t, src) < 25
+    assert metrics.psnr(metrics.level_matched(stretched, t), t, src) > 100
+    blurred = ndi.gaussian_filter(stretched, (0, 3, 3))
+    matched = metrics.psnr(metrics.level_matched(blurred, t), t, src)
+    assert matched < metrics.psnr(metrics.level_matched(stretched, t), t, src) - 60 and matched < 30
+    # The fit uses only the masked pixels; a constant output gets the target's mean.
+    flat = metrics.level_matched(np.zeros_like(t), t, src)
+    assert np.allclose(flat[:, 0, 0], t[:, src].astype(np.float64).mean(axis=1))
+
+
 def test_psnr_known_value_and_source_mask_excludes_the_sky(renders):
     t = renders["xdf"]
     assert metrics.psnr(np.clip(t + 0.01, 0, 2), t) == pytest.approx(40.0, abs=0.01)  # MSE 1e-4

@@ -177,6 +177,23 @@ def squared_error(output: np.ndarray, target: np.ndarray, mask: np.ndarray | Non
     return float(np.sum(d * d)), int(d.size)
 
 
+def level_matched(output: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``output`` with a per-channel gain and offset fitted to ``target`` by least squares over the
+    masked pixels. Outreach images are stretched arbitrarily: PSNR after this matching tells apart
+    an output whose structure is wrong from one whose overall level and contrast are (a diagnostic
+    beside the raw PSNR, which the targets use)."""
+    o, t = np.asarray(output, np.float64), np.asarray(target, np.float64)
+    m = as_mask(mask, t.shape)
+    out = np.empty_like(o)
+    for c in range(o.shape[0]):
+        x, y = o[c][m], t[c][m]
+        var = float(np.var(x)) if x.size else 0.0
+        gain = float(np.mean((x - x.mean()) * (y - y.mean()))) / var if var > 0 else 0.0
+        offset = float(y.mean() - gain * x.mean()) if x.size else 0.0
+        out[c] = gain * o[c] + offset
+    return out
+
+
 def psnr_from_squared_error(se: float, n: int, data_range: float = 1.0) -> float:
     """PSNR (dB) from a (pooled) sum of squared errors over n values."""
     if n == 0:
