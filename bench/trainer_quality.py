@@ -75,6 +75,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 m: {
                     "psnr_sources": r["methods"][m]["fidelity"]["psnr_sources"],
                     "psnr_all": r["methods"][m]["fidelity"]["psnr_all"],
+                    "psnr_sources_level_matched": r["methods"][m]["fidelity"].get("psnr_sources_level_matched"),
                     "hf_power_ratio": r["methods"][m]["realism"]["hf_power_ratio"],
                     "chi2": r["methods"][m].get("consistency", {}).get("chi2"),
                     "two_sample": r["methods"][m]["realism"].get("two_sample", {}).get("accuracy"),
@@ -113,11 +114,21 @@ def render(results: dict[str, Any]) -> str:
     ]
     for family, r in results["families"].items():
         rows = [
-            [m, _f(v["psnr_sources"]), _f(v["psnr_all"]), _f(v["hf_power_ratio"]), _f(v["two_sample"]), _f(v["chi2"])]
+            [
+                m,
+                _f(v["psnr_sources"]),
+                _f(v.get("psnr_sources_level_matched")),
+                _f(v["psnr_all"]),
+                _f(v["hf_power_ratio"]),
+                _f(v["two_sample"]),
+                _f(v["chi2"]),
+            ]
             for m, v in r["methods"].items()
         ]
         lines.append(f"\n{family} inputs")
-        lines.append(table(["method", "PSNR src dB", "PSNR all dB", "HF ratio", "2-sample acc", "chi2"], rows))
+        lines.append(
+            table(["method", "PSNR src dB", "level-matched", "PSNR all dB", "HF ratio", "2-sample acc", "chi2"], rows)
+        )
         lines.append(
             table(
                 ["target", "value", "pass"],
