@@ -302,6 +302,17 @@ def test_bad_input_gets_its_status_and_a_message(gateway, kw, code, words) -> No
     assert words in details
 
 
+def test_a_version_trained_on_another_normalisation_is_refused_with_what_to_do(gateway, store) -> None:
+    """A model exported before the input normalisation changed would be fed planes it never saw."""
+    old = "gw_old_norm"
+    version = publish(store, 3, old)
+    key = f"{old}/{version}/provenance.json"
+    store.put_json(BUCKET, key, {**store.get_json(BUCKET, key), "normalisation": "pss-norm-1"})
+    code, details = status_of(gateway.address, request(model_name=old, no_cache=True))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "pss-norm-1" in details and "train and export a new version" in details
+
+
 def test_triton_or_cutouts_down_is_unavailable_quickly(stack, model_v1, tmp_path) -> None:
     closed = f"127.0.0.1:{free_port()}"
     for name, setting in (("gw-no-triton", {"triton_grpc_addr": closed}), ("gw-no-cutouts", {"cutouts_addr": closed})):

@@ -35,7 +35,7 @@ from services.gateway.render import (
     run_samples,
     tiling_for,
 )
-from services.model.generator import Generator, GeneratorConfig, script
+from services.model.generator import INPUT_CHANNELS, Generator, GeneratorConfig, script
 from services.runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from services.trainer.export import python_config
 
@@ -136,7 +136,7 @@ def _run(module, x, tiling, samples, fidelity):
 
 
 def test_tiled_samples_equal_one_pass_and_fidelity_one_has_no_spread(module) -> None:
-    x = np.random.default_rng(0).normal(size=(3, 70, 90)).astype(np.float32) * 0.3
+    x = np.random.default_rng(0).normal(size=(INPUT_CHANNELS, 70, 90)).astype(np.float32) * 0.3
     radius = receptive_radius({"blocks": 2})
     one = Tiling(tile_px=128, overlap_px=2 * radius + 8, margin_px=radius, batch_tiles=2)
     many = Tiling(tile_px=2 * (2 * radius + 8) + 2, overlap_px=2 * radius + 8, margin_px=radius, batch_tiles=3)

@@ -9,6 +9,7 @@ import torch
 from skimage.registration import phase_cross_correlation
 
 from services.cutouts.geometry import rescaled_wcs
+from services.model.normalise import INPUT_CHANNELS
 from services.runtime.errors import NotFound
 from services.trainer import data, pairs
 from tests.support import trainer_dataset
@@ -111,7 +112,7 @@ def test_epochs_wrap_and_reshuffle(prepared) -> None:
 
 def test_a_batch_has_the_shapes_and_ranges_the_model_expects(prepared) -> None:
     batch, _ = _stream(prepared).batch(data.Position(), 8)
-    assert batch["input"].shape == (8, 3, 16, 16) and batch["target"].shape == (8, 3, 64, 64)
+    assert batch["input"].shape == (8, INPUT_CHANNELS, 16, 16) and batch["target"].shape == (8, 3, 64, 64)
     assert batch["mask"].shape == (8, 1, 64, 64) and batch["input_mask"].shape == (8, 1, 16, 16)
     assert batch["noise_sigma"].shape == (8, 3) and (batch["noise_sigma"] > 0).all()
     assert batch["noise_map"].shape == (8, 3, 16, 16) and (batch["noise_map"] > 0).all()

@@ -19,7 +19,7 @@ import torch
 
 from services.api import common_pb2, curator_pb2, trainer_pb2
 from services.client.clients import TrainerClient
-from services.model.generator import NOISE_CHANNELS
+from services.model.generator import INPUT_CHANNELS, NOISE_CHANNELS
 from services.trainer import export, runs
 from tests.support import trainer_dataset
 from tests.support.private_stack import private_stack_fixtures
@@ -165,7 +165,7 @@ def test_export_publishes_a_torchscript_version_matching_the_eager_model(trainer
     module = torch.jit.load(io.BytesIO(store.get_bytes(export.BUCKET, f"gen_test/{version}/model.pt")))
     state, _ = runs.load_checkpoint(store, rid)
     eager = export.generator_from_checkpoint(state)
-    x = torch.randn(1, 3, 21, 33) * 0.2
+    x = torch.randn(1, INPUT_CHANNELS, 21, 33) * 0.2
     noise = torch.randn(1, NOISE_CHANNELS, 21, 33)
     for fidelity in (0.0, 0.5, 1.0):
         f = torch.tensor([[fidelity]])

@@ -24,6 +24,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from services.model import normalise
 from services.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
 from services.trainer import export
@@ -181,7 +182,21 @@ class ModelRegistry:
                 f"version {chosen} of model {model!r} is not served; served versions: "
                 f"{', '.join(map(str, state.versions))} (only the newest {self.keep_versions} stay loaded)"
             )
-        return ServedVersion(model, chosen, state.provenance.get(chosen, {}))
+        provenance = state.provenance.get(chosen, {})
+        check_normalisation(model, chosen, provenance)
+        return ServedVersion(model, chosen, provenance)
+
+
+def check_normalisation(model: str, version: int, provenance: dict[str, Any]) -> None:
+    """A version trained on another input normalisation would be fed inputs it never saw (or of the
+    wrong shape): refuse it with what to do, rather than render garbage or fail inside Triton."""
+    trained = provenance.get("normalisation")
+    if trained is not None and trained != normalise.VERSION:
+        raise FailedPrecondition(
+            f"version {version} of model {model!r} was trained on input normalisation {trained!r}, and this "
+            f"gateway feeds {normalise.VERSION!r}: train and export a new version "
+            "(prettyspace train --dataset NAME --config demo; prettyspace model export RUN)"
+        )
 
 
 def _parse_version(version: str) -> int | None:

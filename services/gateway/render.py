@@ -233,8 +233,8 @@ def run_samples(
     cancelled: threading.Event,
     progress: Progress,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalised input (3, H, W) -> (mean rendering (3, sH, sW) display 0..1, per-pixel spread
-    (sH, sW) or None for one sample)."""
+    """The generator input (normalise.INPUT_CHANNELS, H, W) -> (mean rendering (3, sH, sW) display
+    0..1, per-pixel spread (sH, sW) or None for one sample)."""
     _, height, width = x.shape
     tiles = plan_tiles(height, width, tiling.tile_px, tiling.overlap_px)
     total = len(tiles) * samples

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from services.model.normalise import INPUT_CHANNELS
+
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
@@ -47,7 +49,7 @@ class PatchDiscriminator(nn.Module):
         cfg = config or DiscriminatorConfig.demo()
         self.config, self.scale = cfg, scale
         c = cfg.channels
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3 + 3 + 1, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3 + INPUT_CHANNELS + 1, c, 3, padding=1)), nn.LeakyReLU(0.2)]
         ch = c
         for i in range(cfg.downsamplings):
             out = c * min(2 ** (i + 1), cfg.max_multiplier)
@@ -58,7 +60,7 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, image: Tensor, condition: Tensor, mask: Tensor) -> Tensor:
-        """image [B, 3, H, W] display, condition [B, 3, h, w] normalised input (already zero
+        """image [B, 3, H, W] display, condition [B, INPUT_CHANNELS, h, w] the generator's input (already zero
         where invalid), mask [B, 1, H, W] -> logits [B, 1, H / 2^d, W / 2^d]."""
         up = F.interpolate(condition, size=image.shape[-2:], mode="bicubic", align_corners=False)
         # Normalised inputs run to ~16 on saturated stars: squash so they cannot dominate.

@@ -1,7 +1,8 @@
 """The generator: normalised survey cutout -> x`scale` outreach-like display image.
 
-forward(x [B, 3, h, w] normalised (services.model.normalise), noise [B, NOISE_CHANNELS, h, w]
-standard normal, fidelity [B, 1] in [0, 1]) -> [B, 3, scale*h, scale*w] display values in [0, 1].
+forward(x [B, INPUT_CHANNELS, h, w] (services.model.normalise: normalised and display planes),
+noise [B, NOISE_CHANNELS, h, w] standard normal, fidelity [B, 1] in [0, 1])
+-> [B, 3, scale*h, scale*w] display values in [0, 1].
 
 - Fully convolutional residual network (EDSR-like, no batch norm: statistics would differ
   between training crops and served fields), any h, w; TorchScript-able.
@@ -13,7 +14,9 @@ standard normal, fidelity [B, 1] in [0, 1]) -> [B, 3, scale*h, scale*w] display 
   detail; (2) FiLM: a small MLP of the fidelity modulates every block (gain and bias per
   channel), so the same weights can render a faithful (pixel-loss-like) or a vivid (adversarial)
   image. FiLM layers start at zero: an untrained network ignores fidelity.
-- Output: a learned colour map of the bicubic-upsampled input plus the network's residual,
+- Output: a learned colour map of the bicubic-upsampled input (starting as the display planes
+  themselves, i.e. bicubic upsampling: the level and colour of the survey are the first guess
+  and the network learns the outreach look as a correction) plus the network's residual,
   clamped to [0, 1] with a straight-through gradient (the value is clamped; the gradient is
   the identity's, so a pixel pushed out of range can still be pulled back, unlike with clamp).
 """
@@ -27,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from services.model.normalise import INPUT_CHANNELS
 
 NOISE_CHANNELS = 4
 
@@ -116,7 +121,7 @@ class Upsample2(nn.Module):
 
 
 class Generator(nn.Module):
-    __constants__ = ["scale", "noise_channels"]
+    __constants__ = ["scale", "noise_channels", "input_channels"]
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
@@ -126,11 +131,12 @@ class Generator(nn.Module):
         self.config = cfg
         self.scale = cfg.scale
         self.noise_channels = NOISE_CHANNELS
+        self.input_channels = INPUT_CHANNELS
         c, hr = cfg.channels, cfg.hr_channels
         self.fidelity_mlp = nn.Sequential(
             nn.Linear(1, cfg.film_dim), nn.LeakyReLU(0.2), nn.Linear(cfg.film_dim, cfg.film_dim)
         )
-        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.head = nn.Conv2d(INPUT_CHANNELS, c, 3, padding=1)
         self.blocks = nn.ModuleList([ResBlock(c, cfg.film_dim, cfg.res_scale) for _ in range(cfg.blocks)])
         self.body_tail = nn.Conv2d(c, c, 3, padding=1)
         stages = [Upsample2(c, c), Upsample2(c, hr)] if cfg.scale == 4 else [Upsample2(c, hr)]
@@ -145,16 +151,17 @@ class Generator(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
         self.act = nn.LeakyReLU(0.2)
-        # The base image: a colour map of the bicubic input. Normalised sky 0 -> ~0.1, "white"
-        # 1 -> ~0.6, roughly where an outreach stretch puts them; training refines it.
-        self.skip = nn.Conv2d(3, 3, 1)
+        # The base image: a colour map of the bicubic input, starting as the display planes
+        # (bicubic upsampling); training refines it.
+        self.skip = nn.Conv2d(INPUT_CHANNELS, 3, 1)
         with torch.no_grad():
-            self.skip.weight.copy_(0.5 * torch.eye(3)[:, :, None, None])
-            self.skip.bias.fill_(0.1)
+            self.skip.weight.zero_()
+            self.skip.weight[:, INPUT_CHANNELS - 3 :].copy_(torch.eye(3)[:, :, None, None])
+            self.skip.bias.zero_()
 
     def forward(self, x: Tensor, noise: Tensor, fidelity: Tensor) -> Tensor:
-        if x.dim() != 4 or x.size(1) != 3:
-            raise ValueError("x must be [B, 3, h, w]")
+        if x.dim() != 4 or x.size(1) != self.input_channels:
+            raise ValueError("x must be [B, INPUT_CHANNELS, h, w] (services.model.normalise)")
         if noise.dim() != 4 or noise.size(1) != self.noise_channels or noise.shape[2:] != x.shape[2:]:
             raise ValueError("noise must be [B, NOISE_CHANNELS, h, w] on the input grid")
         if fidelity.dim() != 2 or fidelity.size(1) != 1:
@@ -191,4 +198,13 @@ def draw_noise(batch: int, height: int, width: int, generator: torch.Generator |
     return torch.randn(batch, NOISE_CHANNELS, height, width, generator=generator)
 
 
-__all__ = ["NOISE_CHANNELS", "Generator", "GeneratorConfig", "draw_noise", "icnr_", "parameter_count", "script"]
+__all__ = [
+    "INPUT_CHANNELS",
+    "NOISE_CHANNELS",
+    "Generator",
+    "GeneratorConfig",
+    "draw_noise",
+    "icnr_",
+    "parameter_count",
+    "script",
+]

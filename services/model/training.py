@@ -1,10 +1,10 @@
 """One GAN training step, and the state needed to resume it exactly.
 
 `GanTrainer.step(batch)` takes the data loader's batch (see the #7 conventions):
-  input [B,3,h,w] normalised, input_mask [B,1,h,w], target [B,3,sh,sw] display [0,1],
+  input [B,INPUT_CHANNELS,h,w] (services.model.normalise), input_mask [B,1,h,w], target [B,3,sh,sw] display [0,1],
   mask [B,1,sh,sw], noise_sigma [B,3] display units, psf_fwhm [B] survey pixels, synthetic [B],
 and for the consistency term the input in display units: `input_display` [B,3,h,w] in [0,1]
-(or `norm_sky` and `norm_scale` [B,3] to undo the normalisation); optional `noise_map`
+(else the input's display planes); optional `noise_map`
 [B,3,h,w] (per-pixel display noise, known for synthetic inputs) overrides noise_sigma, and
 optional `noise` [B,NOISE_CHANNELS,h,w] / `fidelity` [B,1] override what the trainer draws.
 
@@ -42,6 +42,7 @@ from torch import Tensor
 from services.model import losses, observe
 from services.model.discriminator import DiscriminatorConfig, PatchDiscriminator
 from services.model.generator import NOISE_CHANNELS, Generator, GeneratorConfig
+from services.model.normalise import INPUT_CHANNELS
 
 STATE_VERSION = 1
 
@@ -156,14 +157,10 @@ class GanTrainer:
         return fidelity, noise
 
     def _input_display(self, batch: dict[str, Tensor]) -> Tensor:
+        """The survey input in display units: the batch's `input_display`, else the input's display planes."""
         if "input_display" in batch:
             return batch["input_display"]
-        if "norm_sky" in batch and "norm_scale" in batch:
-            return batch["input"] * batch["norm_scale"][..., None, None] + batch["norm_sky"][..., None, None]
-        raise KeyError(
-            "the consistency term needs the input in display units: batch key 'input_display' [B,3,h,w] "
-            "(or 'norm_sky' and 'norm_scale' [B,3])"
-        )
+        return batch["input"][:, INPUT_CHANNELS - 3 :]
 
     def adversarial_on(self) -> float:
         """0 before the warm-up ends, then ramping to 1."""

@@ -114,7 +114,7 @@ class Stream:
             x = real.x[:, y0 : y0 + t, x0 : x0 + t]
             display = p.survey[:, y0 : y0 + t, x0 : x0 + t]
             input_valid = real.valid[y0 : y0 + t, x0 : x0 + t]
-            noise_map = np.broadcast_to(real.noise_sigma[:, None, None], x.shape)
+            noise_map = np.broadcast_to(real.noise_sigma[:, None, None], display.shape)
             fwhm = real.psf_fwhm_px
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
 

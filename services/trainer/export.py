@@ -36,7 +36,7 @@ from deploy.triton.model_config import (
 )
 from deploy.triton.placeholder import GENERIC_MODEL_PY
 from services.model import normalise
-from services.model.generator import NOISE_CHANNELS, Generator, GeneratorConfig, script
+from services.model.generator import INPUT_CHANNELS, NOISE_CHANNELS, Generator, GeneratorConfig, script
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
 from services.trainer import runs
@@ -47,7 +47,7 @@ MAX_BATCH_SIZE = 8
 MAX_EAGER_DIFFERENCE = 1e-4
 MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 INPUTS = (
-    TensorSpec(input_name(0), "TYPE_FP32", (3, -1, -1)),
+    TensorSpec(input_name(0), "TYPE_FP32", (INPUT_CHANNELS, -1, -1)),
     TensorSpec(input_name(1), "TYPE_FP32", (NOISE_CHANNELS, -1, -1)),
     TensorSpec(input_name(2), "TYPE_FP32", (1,)),
 )
@@ -66,7 +66,7 @@ def python_config(model: str) -> str:
 
 def gpu_config(model: str, warmup_px: int = 64) -> str:
     dims = {
-        INPUTS[0].name: (3, warmup_px, warmup_px),
+        INPUTS[0].name: (INPUT_CHANNELS, warmup_px, warmup_px),
         INPUTS[1].name: (NOISE_CHANNELS, warmup_px, warmup_px),
         INPUTS[2].name: (1,),
     }
@@ -87,7 +87,7 @@ def check_against_eager(generator: Generator, module: torch.jit.ScriptModule, si
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for h, w in sizes:
-            x = torch.randn(2, 3, h, w, generator=gen) * 0.3
+            x = torch.randn(2, INPUT_CHANNELS, h, w, generator=gen) * 0.3
             noise = torch.randn(2, NOISE_CHANNELS, h, w, generator=gen)
             fidelity = torch.tensor([[0.0], [1.0]])
             a, b = generator(x, noise, fidelity), module(x, noise, fidelity)
@@ -160,6 +160,7 @@ def publish_generator(store: ObjectStore, generator: Generator, model: str, abou
         "scale": int(generator.config.scale),
         "normalisation": normalise.VERSION,
         "noise_channels": NOISE_CHANNELS,
+        "input_channels": INPUT_CHANNELS,
         "eager_max_abs_difference": difference,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
