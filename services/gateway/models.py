@@ -25,6 +25,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.model import normalise
+from services.model.generator import NOISE_CHANNELS
 from services.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
 from services.trainer import export
@@ -183,19 +184,22 @@ class ModelRegistry:
                 f"{', '.join(map(str, state.versions))} (only the newest {self.keep_versions} stay loaded)"
             )
         provenance = state.provenance.get(chosen, {})
-        check_normalisation(model, chosen, provenance)
+        check_interface(model, chosen, provenance)
         return ServedVersion(model, chosen, provenance)
 
 
-def check_normalisation(model: str, version: int, provenance: dict[str, Any]) -> None:
-    """A version trained on another input normalisation would be fed inputs it never saw (or of the
-    wrong shape): refuse it with what to do, rather than render garbage or fail inside Triton."""
+def check_interface(model: str, version: int, provenance: dict[str, Any]) -> None:
+    """A version exported with another input normalisation or noise width would be fed planes it
+    never saw (or of the wrong shape): refuse it with what to do, rather than render garbage or
+    fail inside Triton."""
     trained = provenance.get("normalisation")
-    if trained is not None and trained != normalise.VERSION:
+    noise = provenance.get("noise_channels")
+    if (trained is not None and trained != normalise.VERSION) or (noise is not None and noise != NOISE_CHANNELS):
         raise FailedPrecondition(
-            f"version {version} of model {model!r} was trained on input normalisation {trained!r}, and this "
-            f"gateway feeds {normalise.VERSION!r}: train and export a new version "
-            "(prettyspace train --dataset NAME --config demo; prettyspace model export RUN)"
+            f"version {version} of model {model!r} was exported for input normalisation {trained!r} with "
+            f"{noise} noise channels, and this gateway feeds {normalise.VERSION!r} with {NOISE_CHANNELS}: "
+            "train and export a new version (prettyspace train --dataset NAME --config demo; "
+            "prettyspace model export RUN)"
         )
 
 

@@ -32,12 +32,12 @@ from services.gateway import products
 from services.gateway.inference import Batch, Deadline, TileRunner
 from services.gateway.tiling import Assembler, Tile, plan_tiles
 from services.model import normalise
+from services.model.generator import NOISE_CHANNELS
 from services.runtime.errors import InvalidArgument, require
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
 
 BUCKET = "renders"
 RENDER_FORMAT = "pss-render-1"  # bump when a change makes cached renders stale
-NOISE_CHANNELS = 4
 Progress = Callable[[str, int, int, str], None]  # stage, done, total, message
 
 

@@ -6,8 +6,9 @@ noise [B, NOISE_CHANNELS, h, w] standard normal, fidelity [B, 1] in [0, 1])
 
 - Fully convolutional residual network (EDSR-like, no batch norm: statistics would differ
   between training crops and served fields), any h, w; TorchScript-able.
-- x`scale` by PixelShuffle stages whose convolutions are ICNR-initialised (each sub-pixel
-  starts as a copy of the same kernel, i.e. nearest-neighbour upsampling): no checkerboard.
+- x`scale` by resize-convolution stages (bilinear x2, then a convolution): no checkerboard, by
+  construction rather than by initialisation (sub-pixel convolutions started without one and
+  grew one in training).
 - Fidelity, two ways: (1) the noise is injected (learned 1x1 projections into every residual
   block and into the fine-resolution stage) scaled by (1 - fidelity), so fidelity = 1 is exactly
   deterministic and samples differ only where the network uses the noise, i.e. where it invents
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from services.model.normalise import INPUT_CHANNELS
 
-NOISE_CHANNELS = 4
+NOISE_CHANNELS = 16  # scale^2 of them unfold into the output-resolution noise (x4: one plane, x2: four)
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,6 @@ class GeneratorConfig:
 PRESETS = ("demo", "full")
 
 
-def icnr_(weight: Tensor, upscale: int) -> None:
-    """ICNR init in place (Aitken et al. 2017) for a conv feeding PixelShuffle(upscale): every
-    group of upscale^2 output channels (one output pixel's sub-pixels) shares one kernel."""
-    out_ch = weight.shape[0] // (upscale * upscale)
-    sub = torch.empty(out_ch, *weight.shape[1:])
-    nn.init.kaiming_normal_(sub, a=0.2, nonlinearity="leaky_relu")
-    with torch.no_grad():
-        weight.copy_(sub.repeat_interleave(upscale * upscale, dim=0))
-
-
 class ResBlock(nn.Module):
     """conv-FiLM-noise-act-conv with a scaled residual."""
 
@@ -106,22 +97,23 @@ class ResBlock(nn.Module):
 
 
 class Upsample2(nn.Module):
-    """x2: conv (ICNR) -> PixelShuffle(2) -> LeakyReLU."""
+    """x2 by resize-convolution (Odena et al. 2016): bilinear x2, then a 3x3 conv, then LeakyReLU.
+    Every output pixel is made by the same kernel from a smooth upsampled field, so no weights
+    can produce the period-2 pattern a sub-pixel (PixelShuffle) or transposed convolution makes
+    when its sub-pixel kernels drift apart in training - the checkerboard the evaluation found."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch * 4, 3, padding=1)
-        icnr_(self.conv.weight, 2)
-        nn.init.zeros_(self.conv.bias)
-        self.shuffle = nn.PixelShuffle(2)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.act(self.shuffle(self.conv(h)))
+        up = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.act(self.conv(up))
 
 
 class Generator(nn.Module):
-    __constants__ = ["scale", "noise_channels", "input_channels"]
+    __constants__ = ["scale", "noise_channels", "input_channels", "fine_noise_channels"]
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
@@ -142,10 +134,14 @@ class Generator(nn.Module):
         stages = [Upsample2(c, c), Upsample2(c, hr)] if cfg.scale == 4 else [Upsample2(c, hr)]
         self.upsample = nn.Sequential(*stages)
         # Noise at the output resolution: fine detail (knots, grain of dust lanes) needs its own
-        # randomness, drawn on the input grid and unfolded like the features.
-        self.hr_noise = nn.Conv2d(NOISE_CHANNELS, hr * cfg.scale * cfg.scale, 1, bias=False)
-        nn.init.normal_(self.hr_noise.weight, std=0.1)
+        # randomness. It is drawn on the input grid (serving draws one field before tiling) and
+        # unfolded: PixelShuffle turns scale^2 of the noise channels into one independent
+        # standard-normal plane at the output resolution - white noise per output pixel, unlike
+        # a learned projection of a few values per input pixel, which repeats every `scale` px.
+        self.fine_noise_channels = NOISE_CHANNELS // (cfg.scale * cfg.scale)
         self.hr_shuffle = nn.PixelShuffle(cfg.scale)
+        self.hr_noise = nn.Conv2d(self.fine_noise_channels, hr, 1, bias=False)
+        nn.init.normal_(self.hr_noise.weight, std=0.1)
         self.hr_conv = nn.Conv2d(hr, hr, 3, padding=1)
         self.out_conv = nn.Conv2d(hr, 3, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
@@ -175,7 +171,8 @@ class Generator(nn.Module):
             body = block(body, noise, emb)
         h = h + self.body_tail(body)
         h = self.upsample(h)
-        h = self.act(self.hr_conv(h + self.hr_shuffle(self.hr_noise(noise))))
+        fine = self.hr_shuffle(noise[:, : self.fine_noise_channels * self.scale * self.scale])
+        h = self.act(self.hr_conv(h + self.hr_noise(fine)))
         base = self.skip(F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False))
         y = base + self.out_conv(h)
         # Straight-through clamp: the value of clamp, the gradient of the identity.
@@ -204,7 +201,6 @@ __all__ = [
     "Generator",
     "GeneratorConfig",
     "draw_noise",
-    "icnr_",
     "parameter_count",
     "script",
 ]
