@@ -170,7 +170,7 @@ def test_vivid_noise_is_white_at_the_output_resolution() -> None:
     `scale` output pixels (as a learned projection of a few noise values per input pixel makes)."""
     g = _lively(TINY)
     x = torch.zeros(1, INPUT_CHANNELS, 32, 32)
-    x[:, INPUT_CHANNELS - 3 :] = 0.3
+    x[:, normalise.DISPLAY_PLANES] = 0.3
     ratios = []
     for seed in range(3):
         noise = torch.randn(1, NOISE_CHANNELS, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -258,7 +258,7 @@ def test_normalisation_is_robust_and_round_trips() -> None:
     assert not valid[:8].any() and valid[8:].all()
     assert np.all(x[:, :8] == 0) and np.isfinite(x).all()
     # The display planes carry the absolute level the normalised ones strip.
-    assert np.allclose(x[3:, 8:], np.clip(cube[:, 8:], 0, 1), atol=1e-6)
+    assert np.allclose(x[normalise.DISPLAY_PLANES, 8:], np.clip(cube[:, 8:], 0, 1), atol=1e-6)
     xt = normalise.apply(torch.from_numpy(np.nan_to_num(cube)), s)
     assert np.allclose(xt.numpy()[:, 8:], x[:3, 8:], atol=1e-6)
     back = normalise.invert(x[:3], s)

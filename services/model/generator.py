@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from services.model.normalise import INPUT_CHANNELS
+from services.model.normalise import DISPLAY_PLANES, INPUT_CHANNELS
 
 NOISE_CHANNELS = 16  # scale^2 of them unfold into the output-resolution noise (x4: one plane, x2: four)
 
@@ -152,7 +152,7 @@ class Generator(nn.Module):
         self.skip = nn.Conv2d(INPUT_CHANNELS, 3, 1)
         with torch.no_grad():
             self.skip.weight.zero_()
-            self.skip.weight[:, INPUT_CHANNELS - 3 :].copy_(torch.eye(3)[:, :, None, None])
+            self.skip.weight[:, DISPLAY_PLANES].copy_(torch.eye(3)[:, :, None, None])
             self.skip.bias.zero_()
 
     def forward(self, x: Tensor, noise: Tensor, fidelity: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ import torch
 
 VERSION = "pss-norm-2"
 INPUT_CHANNELS = 6  # normalised R, G, B then display R, G, B
+DISPLAY_PLANES = slice(3, 6)  # where the display values are among them
 PERCENTILE = 99.5
 MIN_SCALE = 2.0 / 255.0
 NOISE_FLOOR_FACTOR = 10.0

@@ -42,7 +42,7 @@ from torch import Tensor
 from services.model import losses, observe
 from services.model.discriminator import DiscriminatorConfig, PatchDiscriminator
 from services.model.generator import NOISE_CHANNELS, Generator, GeneratorConfig
-from services.model.normalise import INPUT_CHANNELS
+from services.model.normalise import DISPLAY_PLANES
 
 STATE_VERSION = 1
 
@@ -170,7 +170,7 @@ class GanTrainer:
         """The survey input in display units: the batch's `input_display`, else the input's display planes."""
         if "input_display" in batch:
             return batch["input_display"]
-        return batch["input"][:, INPUT_CHANNELS - 3 :]
+        return batch["input"][:, DISPLAY_PLANES]
 
     def adversarial_on(self) -> float:
         """0 before the warm-up ends, then ramping to 1."""
