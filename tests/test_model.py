@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from services.model import degrade, losses, normalise, observe
@@ -88,7 +89,6 @@ def _batch(b: int, h: int, seed: int, scale: int = 4) -> dict[str, torch.Tensor]
                 "noise_sigma": d.noise_sigma,
                 "psf_fwhm": np.float32(d.psf_fwhm),
                 "synthetic": np.bool_(True),
-                "input_display": np.nan_to_num(d.display),
             }
         )
     return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
@@ -449,7 +449,6 @@ def test_trainer_honours_masks() -> None:
     other = copy.deepcopy(batch)
     other["target"][:, :, :12, :] = torch.rand(2, 3, 12, 48)
     other["input"][:, :, :3, :] = torch.randn(2, INPUT_CHANNELS, 3, 12) * 3
-    other["input_display"][:, :, :3, :] = torch.rand(2, 3, 3, 12)
     runs = []
     for b in (batch, other):
         tr = GanTrainer(_config(warmup_steps=1, adv_ramp_steps=1, seed=2))
@@ -458,12 +457,16 @@ def test_trainer_honours_masks() -> None:
 
 
 def test_trainer_reads_the_display_input_from_the_input_planes() -> None:
-    """Without `input_display` the consistency term uses the input's display planes: the same chi^2
-    as with the batch's 8-bit display values (equal up to the 0..1 clip)."""
+    """The consistency term re-observes the output against the input's display planes: at the first
+    step the generator is bicubic upsampling of those planes, so its chi^2 is that of bicubic."""
     batch = _batch(1, 12, seed=7)
-    bare = {k: v for k, v in batch.items() if k != "input_display"}
-    with_display, without = GanTrainer(_config()).step(batch), GanTrainer(_config()).step(bare)
-    assert without["chi2"] > 0 and without["chi2"] == pytest.approx(with_display["chi2"], rel=1e-4)
+    display = batch["input"][:, normalise.DISPLAY_PLANES]
+    bicubic = F.interpolate(display, scale_factor=4.0, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    expected = observe.observation_chi2(
+        bicubic, display, batch["noise_sigma"], batch["psf_fwhm"], batch["input_mask"], 4
+    )
+    assert float(expected.mean()) > 0
+    assert GanTrainer(_config()).step(batch)["chi2"] == pytest.approx(float(expected.mean()), rel=1e-4)
     tr = GanTrainer(_config(consistency_weight=0.0))
     assert tr.step(batch)["chi2"] == 0.0
     v = GanTrainer(_config()).validate(_batch(2, 12, seed=8))

@@ -9,6 +9,7 @@ import torch
 from skimage.registration import phase_cross_correlation
 
 from services.cutouts.geometry import rescaled_wcs
+from services.model import normalise
 from services.model.normalise import INPUT_CHANNELS
 from services.runtime.errors import NotFound
 from services.trainer import data, pairs
@@ -116,7 +117,9 @@ def test_a_batch_has_the_shapes_and_ranges_the_model_expects(prepared) -> None:
     assert batch["mask"].shape == (8, 1, 64, 64) and batch["input_mask"].shape == (8, 1, 16, 16)
     assert batch["noise_sigma"].shape == (8, 3) and (batch["noise_sigma"] > 0).all()
     assert batch["noise_map"].shape == (8, 3, 16, 16) and (batch["noise_map"] > 0).all()
-    assert batch["input_display"].shape == (8, 3, 16, 16)
+    # The display planes are the survey's own 8-bit values (what the consistency term re-observes).
+    display = batch["input"][:, normalise.DISPLAY_PLANES]
+    assert torch.equal(display * 255, torch.round(display * 255)) and float(display.max()) <= 1.0
     assert batch["psf_fwhm"].shape == (8,) and (batch["psf_fwhm"] > 0.5).all()
     assert float(batch["target"].min()) >= 0.0 and float(batch["target"].max()) <= 1.0
     assert torch.isfinite(batch["input"]).all()

@@ -2,11 +2,11 @@
 
 `GanTrainer.step(batch)` takes the data loader's batch (see the #7 conventions):
   input [B,INPUT_CHANNELS,h,w] (services.model.normalise), input_mask [B,1,h,w], target [B,3,sh,sw] display [0,1],
-  mask [B,1,sh,sw], noise_sigma [B,3] display units, psf_fwhm [B] survey pixels, synthetic [B],
-and for the consistency term the input in display units: `input_display` [B,3,h,w] in [0,1]
-(else the input's display planes); optional `noise_map`
-[B,3,h,w] (per-pixel display noise, known for synthetic inputs) overrides noise_sigma, and
-optional `noise` [B,NOISE_CHANNELS,h,w] / `fidelity` [B,1] override what the trainer draws.
+  mask [B,1,sh,sw], noise_sigma [B,3] display units, psf_fwhm [B] survey pixels, synthetic [B];
+optional `noise_map` [B,3,h,w] (per-pixel display noise, known for synthetic inputs) overrides
+noise_sigma, and optional `noise` [B,NOISE_CHANNELS,h,w] / `fidelity` [B,1] override what the
+trainer draws. The consistency term reads the survey in display units from the input's display
+planes (normalise.DISPLAY_PLANES).
 
 Schedule and weighting:
 - Steps < warmup_steps: reconstruction only (Charbonnier pixel + multi-scale structure +
@@ -166,11 +166,10 @@ class GanTrainer:
         noise = torch.randn(b, NOISE_CHANNELS, h, w, generator=self.rng)
         return fidelity, noise
 
-    def _input_display(self, batch: dict[str, Tensor]) -> Tensor:
-        """The survey input in display units: the batch's `input_display`, else the input's display planes."""
-        if "input_display" in batch:
-            return batch["input_display"]
-        return batch["input"][:, DISPLAY_PLANES]
+    @staticmethod
+    def _input_display(batch: dict[str, Tensor]) -> Tensor:
+        """The survey input in display units 0..1: the input's display planes."""
+        return batch["input"][:, DISPLAY_PLANES].float()
 
     def adversarial_on(self) -> float:
         """0 before the warm-up ends, then ramping to 1."""
@@ -335,7 +334,7 @@ class GanTrainer:
     @torch.no_grad()
     def validate(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """Masked PSNR (dB) of the EMA generator at fidelity 1 (faithful) and 0 (vivid, fixed noise
-        seed), of bicubic upsampling when the batch has `input_display`, and the faithful output's
+        seed), of bicubic upsampling of the display planes, and the faithful output's
         consistency chi^2 when it can be computed."""
         dev = self.device
         batch = {k: v.to(dev) for k, v in batch.items()}
@@ -345,9 +344,8 @@ class GanTrainer:
         out: dict[str, float] = {}
         faithful = self.generate(x, 1.0)
         outputs = {"faithful": faithful, "vivid": self.generate(x, 0.0)}
-        if "input_display" in batch:
-            up = F.interpolate(batch["input_display"].float(), scale_factor=float(self.scale), mode="bicubic")
-            outputs["bicubic"] = up.clamp(0.0, 1.0)
+        up = F.interpolate(self._input_display(batch), scale_factor=float(self.scale), mode="bicubic")
+        outputs["bicubic"] = up.clamp(0.0, 1.0)
         for name, image in outputs.items():
             out[f"psnr_{name}"] = float(masked_psnr(image, target, mask).mean())
         try:

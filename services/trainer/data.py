@@ -124,7 +124,6 @@ class Stream:
 
         return {
             "input": orient(x).astype(np.float32),
-            "input_display": orient(np.nan_to_num(display, nan=0.0)).astype(np.float32),
             "input_mask": orient(input_valid[None]).astype(np.float32),
             "target": orient(target).astype(np.float32),
             "mask": orient(mask[None]).astype(np.float32),
