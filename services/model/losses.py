@@ -58,6 +58,27 @@ def structure(pred: Tensor, target: Tensor, mask: Tensor, scales: tuple[int, ...
     return total / (2 * len(scales))
 
 
+def level_matched(pred: Tensor, target: Tensor, mask: Tensor, which: Tensor) -> Tensor:
+    """``pred`` with, for the samples where ``which`` [B] is true, the per-channel gain and offset
+    that best fit it to ``target`` over ``mask`` (least squares; gain in [0.1, 10], 1 where the
+    prediction is flat) applied. The fit is not differentiated: a loss on the result leaves the
+    prediction's overall level and contrast free (for L2 exactly: its residual is orthogonal to
+    them) and judges only its structure."""
+    m = (mask > 0.5).to(pred.dtype)
+    n = m.sum(dim=(2, 3)).clamp_min(1.0)  # [B, 1]
+    p = pred.detach()
+    mean_p = (p * m).sum(dim=(2, 3)) / n
+    mean_t = (target * m).sum(dim=(2, 3)) / n
+    dp = p - mean_p[:, :, None, None]
+    var = (dp * dp * m).sum(dim=(2, 3)) / n
+    cov = (dp * (target - mean_t[:, :, None, None]) * m).sum(dim=(2, 3)) / n
+    gain = torch.where(var > 1e-6, cov / var.clamp_min(1e-6), torch.ones_like(var)).clamp(0.1, 10.0)
+    offset = mean_t - gain * mean_p
+    sel = which.reshape(-1, 1).to(pred.dtype)
+    gain, offset = sel * gain + (1.0 - sel), sel * offset
+    return pred * gain[:, :, None, None] + offset[:, :, None, None]
+
+
 def d_hinge(real_logits: Tensor, fake_logits: Tensor, weights: Tensor) -> Tensor:
     """Discriminator hinge loss (scalar), patches weighted by their valid fraction."""
     w = weights.to(real_logits.dtype)
