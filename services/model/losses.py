@@ -58,6 +58,31 @@ def structure(pred: Tensor, target: Tensor, mask: Tensor, scales: tuple[int, ...
     return total / (2 * len(scales))
 
 
+def level_matched(pred: Tensor, target: Tensor, mask: Tensor, which: Tensor) -> Tensor:
+    """``pred`` with, for the samples where ``which`` [B] is true, the per-channel gain and offset
+    that best fit it to ``target`` over ``mask`` applied: the least-squares gain (in [0.1, 10], 1
+    where the prediction is flat), and the offset that puts the residual's median at 0. The fit is
+    not differentiated: an L1-like loss on the result (Charbonnier) has no gradient along the
+    prediction's overall level and judges its structure."""
+    m = (mask > 0.5).to(pred.dtype)
+    n = m.sum(dim=(2, 3)).clamp_min(1.0)  # [B, 1]
+    p = pred.detach()
+    mean_p = (p * m).sum(dim=(2, 3)) / n
+    mean_t = (target * m).sum(dim=(2, 3)) / n
+    dp = p - mean_p[:, :, None, None]
+    var = (dp * dp * m).sum(dim=(2, 3)) / n
+    cov = (dp * (target - mean_t[:, :, None, None]) * m).sum(dim=(2, 3)) / n
+    gain = torch.where(var > 1e-6, cov / var.clamp_min(1e-6), torch.ones_like(var)).clamp(0.1, 10.0)
+    offset = mean_t - gain * mean_p
+    # Then the offset that centres the residual on its median: the pixel loss is L1-like, and its
+    # gradient would otherwise still pull the level towards the residual's median.
+    residual = torch.where(m > 0, target - p * gain[:, :, None, None] - offset[:, :, None, None], torch.nan)
+    offset = offset + torch.nanmedian(residual.flatten(2), dim=2).values.nan_to_num(0.0)
+    sel = which.reshape(-1, 1).to(pred.dtype)
+    gain, offset = sel * gain + (1.0 - sel), sel * offset
+    return pred * gain[:, :, None, None] + offset[:, :, None, None]
+
+
 def d_hinge(real_logits: Tensor, fake_logits: Tensor, weights: Tensor) -> Tensor:
     """Discriminator hinge loss (scalar), patches weighted by their valid fraction."""
     w = weights.to(real_logits.dtype)

@@ -70,6 +70,11 @@ class TrainConfig:
     adaptive_adversarial: bool = True  # False: adversarial_weight multiplies the loss directly
     max_adaptive: float = 1e3  # cap on the adaptive adversarial scale
     vivid_pixel_weight: float = 0.25
+    # A synthetic input's stretch and white are drawn (services.model.degrade), so how bright its
+    # target is cannot be told from it: its pixel and structure losses compare the output after
+    # the best per-channel gain and offset (losses.level_matched). Synthetic crops teach structure;
+    # the level is learned from the real pairs alone.
+    synthetic_level_free: bool = True
     fidelity_endpoints: float = 0.25  # probability of exactly 0, and of exactly 1
     consistency_band: tuple[float, float] = (0.8, 1.25)
     grad_clip: float = 10.0
@@ -228,8 +233,11 @@ class GanTrainer:
             )
 
         # Generator: reconstruction (the reference every other term is balanced against).
-        pixel = losses.charbonnier(out, target, mask)
-        struct = losses.structure(out, target, mask)
+        judged = out
+        if cfg.synthetic_level_free and "synthetic" in batch:
+            judged = losses.level_matched(out, target, mask, batch["synthetic"])
+        pixel = losses.charbonnier(judged, target, mask)
+        struct = losses.structure(judged, target, mask)
         # Vivid samples lean on the pixel loss less as the adversarial term comes in (in the warm-up
         # every sample learns the full reconstruction, the base the generative term departs from).
         pixel_w = 1.0 - adv_on * (1.0 - cfg.vivid_pixel_weight) * (1.0 - f)
