@@ -3,13 +3,15 @@ reproducible crops and augmentations, synthetic observations, the local cache.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from skimage.registration import phase_cross_correlation
 
 from services.cutouts.geometry import rescaled_wcs
-from services.model import normalise
+from services.model import degrade, normalise
 from services.model.normalise import INPUT_CHANNELS
 from services.runtime.errors import NotFound
 from services.trainer import data, pairs
@@ -117,9 +119,12 @@ def test_a_batch_has_the_shapes_and_ranges_the_model_expects(prepared) -> None:
     assert batch["mask"].shape == (8, 1, 64, 64) and batch["input_mask"].shape == (8, 1, 16, 16)
     assert batch["noise_sigma"].shape == (8, 3) and (batch["noise_sigma"] > 0).all()
     assert batch["noise_map"].shape == (8, 3, 16, 16) and (batch["noise_map"] > 0).all()
-    # The display planes are the survey's own 8-bit values (what the consistency term re-observes).
+    # The display planes are the survey's display values (what the consistency term re-observes);
+    # a synthetic survey is quantised to 8 bits as a real one is.
     display = batch["input"][:, normalise.DISPLAY_PLANES]
-    assert torch.equal(display * 255, torch.round(display * 255)) and float(display.max()) <= 1.0
+    assert float(display.min()) >= 0.0 and float(display.max()) <= 1.0
+    synthetic = display[batch["synthetic"]]
+    assert float((synthetic * 255 - torch.round(synthetic * 255)).abs().max()) < 1e-3
     assert batch["psf_fwhm"].shape == (8,) and (batch["psf_fwhm"] > 0.5).all()
     assert float(batch["target"].min()) >= 0.0 and float(batch["target"].max()) <= 1.0
     assert torch.isfinite(batch["input"]).all()
@@ -148,12 +153,19 @@ def test_augmentation_keeps_input_and_target_in_register(prepared) -> None:
 
 
 def test_synthetic_inputs_are_observations_of_the_target(prepared) -> None:
-    stream = _stream(prepared, synthetic=1.0)
+    # A bright, clean family: what is tested is that the input observes its own crop of the target,
+    # in the same orientation. (The training family is calibrated to the real surveys, on which a
+    # faint nebula is barely above the sky: some of its 16-px crops hardly correlate with anything.)
+    clear = dataclasses.replace(degrade.TRAIN, white=(0.5, 1.5), sky_fraction=(0.003, 0.03), noise=(0.003, 0.006))
+    train = [p for p in prepared if p.split == "train"]
+    stream = data.Stream(train, 4, 16, 3, 1.0, family=clear, window_px=32)
     batch, _ = stream.batch(data.Position(), 8)
     assert batch["synthetic"].all()
+    r = []
     for i in range(8):
         x = batch["input"][i].numpy().mean(axis=0)
         t = batch["target"][i].numpy().reshape(3, 16, 4, 16, 4).mean(axis=(2, 4)).mean(axis=0)
         if x.std() < 1e-3 or t.std() < 1e-3:
             continue
-        assert np.corrcoef(x.ravel(), t.ravel())[0, 1] > 0.3
+        r.append(np.corrcoef(x.ravel(), t.ravel())[0, 1])
+    assert r and min(r) > 0.3
