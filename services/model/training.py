@@ -26,6 +26,10 @@ Schedule and weighting:
   consistency term has weight `consistency_weight` but its gradient never exceeds
   `consistency_balance` times the reconstruction's: chi^2 gradients scale as 1/noise and would
   otherwise drive the network to fit the input's noise long before its output is any good.
+- Synthetic samples (batch["synthetic"]) are judged level-free: their pixel and structure losses
+  see the output after the per-channel gain and offset that best fit the target
+  (losses.level_matched), since a drawn stretch makes their target's brightness unknowable from
+  the input. The level is learned from the real pairs.
 - The generator's exponential moving average (EMA) is kept for evaluation and export.
 """
 
