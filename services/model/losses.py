@@ -63,7 +63,8 @@ def level_matched(pred: Tensor, target: Tensor, mask: Tensor, which: Tensor) -> 
     that best fit it to ``target`` over ``mask`` applied: the least-squares gain (in [0.1, 10], 1
     where the prediction is flat), and the offset that puts the residual's median at 0. The fit is
     not differentiated: an L1-like loss on the result (Charbonnier) has no gradient along the
-    prediction's overall level and judges its structure."""
+    prediction's overall level and judges its structure. (The evaluation's diagnostic of the same
+    idea is services.trainer.metrics.level_matched: least squares, on one numpy image.)"""
     m = (mask > 0.5).to(pred.dtype)
     n = m.sum(dim=(2, 3)).clamp_min(1.0)  # [B, 1]
     p = pred.detach()
