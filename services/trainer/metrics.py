@@ -29,7 +29,7 @@ NOISE_FLOOR = 1.0 / 255.0  # lowest pixel noise assumed: one display level (nois
 CHECKERBOARD_TOLERANCE = 1.0  # checkerboard_excess above this: flagged (see there)
 NOISE_LAG = 3  # px between the pixels whose differences measure the noise (see pixel_noise)
 MORPHOLOGY_STATS: tuple[str, ...] = ("gini", "m20", "concentration", "asymmetry", "smoothness")
-MAX_ELONGATION = 10.0  # sources thinner than this are not measured (`morphology`): streaks, not galaxies
+MAX_ELONGATION = 10.0  # sources more elongated than this (axis ratio) are not measured (`morphology`): streaks
 
 
 # --------------------------------------------------------------------------- helpers
