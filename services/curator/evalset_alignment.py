@@ -239,6 +239,7 @@ def evaluate(results: list[Result] | None = None) -> dict[str, float]:
         "offset_error_median_px": float(np.median(off)),
         "offset_error_p90_px": float(np.percentile(off, 90)),
         "offset_error_max_px": float(np.max(off)),
+        "offset_error_rms_px": float(np.sqrt(np.mean(off**2))),
         "corner_error_max_px": float(np.max(worst)),
         "accepted_corner_error_max_px": float(max((r.max_error_px for r in accepted_within), default=math.nan)),
         "rotation_error_median_deg": float(np.median(rot)),
@@ -329,11 +330,14 @@ def _print_real(directory: Path) -> None:
 def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=Path, help="a directory of truly aligned real pairs (*.npz) to run instead")
+    parser.add_argument(
+        "--perturbed", type=int, default=8, help="within-limits cases per field (8: 72 within, 9 clean, 39 beyond)"
+    )
     args = parser.parse_args()
     if args.real is not None:
         _print_real(args.real)
         return
-    results = run()
+    results = run(cases(n_perturbed=args.perturbed))
     for r in results:
         a = r.alignment
         print(
