@@ -22,7 +22,6 @@ import torch
 from services.api import common_pb2, curator_pb2, trainer_pb2
 from services.client.clients import TrainerClient
 from services.model.generator import INPUT_CHANNELS, NOISE_CHANNELS
-from services.runtime.errors import FailedPrecondition
 from services.trainer import export, runs
 from tests.support import trainer_dataset
 from tests.support.private_stack import private_stack_fixtures
@@ -242,17 +241,6 @@ def test_bad_export_and_lookup_requests(trainer, finished) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 call()
             assert caught.value.code() == code
-
-
-def test_a_run_trained_before_the_style_input_is_refused_for_export(finished, store) -> None:
-    # Its generator has no style input: exporting it would publish a model the gateway cannot feed.
-    old = "run-oldstate000001"
-    runs.save_run(store, {**runs.load_run(store, run_id(finished)), "id": old})
-    state, summary = runs.load_checkpoint(store, run_id(finished))
-    runs.save_checkpoint(store, old, {**state, "trainer": {**state["trainer"], "version": 1}}, summary)
-    with pytest.raises(FailedPrecondition, match="train a new run"):
-        export.export_run(store, old, "gen_old")
-    assert export.versions(store, "gen_old") == []
 
 
 def test_the_cli_trains_lists_and_exports(trainer, published) -> None:

@@ -21,7 +21,6 @@ from deploy.localstack.stack import Stack
 from services.api import common_pb2, crawler_pb2, curator_pb2, cutouts_pb2, gateway_pb2, trainer_pb2
 from services.client.cli import follow_with_progress
 from services.client.clients import CrawlerClient, CuratorClient, CutoutsClient, GatewayClient, TrainerClient
-from services.model import styles
 
 KINDS = ("galaxy", "nebula", "cluster")
 DEMO_DATASET = "demo"
@@ -163,9 +162,8 @@ def train_demo_model(stack: Stack, dataset: str = DEMO_DATASET) -> tuple[str, st
             if r.config == DEMO_CONFIG and r.dataset.name == dataset
         ]
         done = [r for r in runs if r.job.state == common_pb2.JOB_STATE_SUCCEEDED]
-        reusable = next((r for r in done if _current_model(stack, r.id)), None)
-        if reusable is not None:
-            return reusable.id, "reused"
+        if done:
+            return done[0].id, "reused"
         going = [r for r in runs if r.job.state in RUNNING]
         if going:
             job = follow_with_progress(client.jobs, going[0].job.id)
@@ -181,16 +179,6 @@ def train_demo_model(stack: Stack, dataset: str = DEMO_DATASET) -> tuple[str, st
         if job.state != common_pb2.JOB_STATE_SUCCEEDED:
             raise RuntimeError(f"training job {job.id} did not succeed: {job.error}")
         return job.params["run_id"], how
-
-
-def _current_model(stack: Stack, run_id: str) -> bool:
-    """Whether the run's checkpoint was written by this trainer (a run trained before its model
-    changed, e.g. before the style input, can be neither resumed nor exported: train anew)."""
-    from services.model.training import STATE_VERSION  # torch: only when the demo gets here
-    from services.trainer import runs
-
-    restored = runs.load_checkpoint(stack.store(), run_id)
-    return restored is not None and restored[0].get("trainer", {}).get("version") == STATE_VERSION
 
 
 def export_demo_model(stack: Stack, run_id: str, model: str = "") -> tuple[str, int]:
@@ -220,11 +208,8 @@ def _render(client: GatewayClient, request: gateway_pb2.RenderRequest, out: Path
     return [out, side]
 
 
-def test_fields(
-    stack: Stack, dataset: str = DEMO_DATASET, count: int = 2
-) -> list[tuple[str, float, float, float, str]]:
-    """(title, RA, Dec, fov, style) of observations in the dataset's test split: fields the model never
-    saw, with the look of the archive they come from."""
+def test_fields(stack: Stack, dataset: str = DEMO_DATASET, count: int = 2) -> list[tuple[str, float, float, float]]:
+    """(title, RA, Dec, fov) of observations in the dataset's test split: fields the model never saw."""
     store = stack.store()
     with CuratorClient(stack.env()["PSS_CURATOR_ADDR"]) as client:
         found = client.stub.GetDataset(curator_pb2.DatasetRef(name=dataset), timeout=30)
@@ -237,32 +222,27 @@ def test_fields(
         meta = store.get_json("archive", f"{source}/{image_id}/meta.json")
         fov = float(max(meta["fov_arcmin"]["x"], meta["fov_arcmin"]["y"]))
         centre = meta["center"]
-        title = f"{image_id}: {meta['title']}"
-        fields.append((title, float(centre["ra_deg"]), float(centre["dec_deg"]), fov, styles.from_source(source)))
+        fields.append((f"{image_id}: {meta['title']}", float(centre["ra_deg"]), float(centre["dec_deg"]), fov))
         if len(fields) == count:
             break
     return fields
 
 
 def render_demo_targets(stack: Stack, out_dir: Path, size: int = 768) -> Iterator[Path]:
-    """Renders through the gateway (the newest exported generator): named targets in Hubble's look (the
-    first also in Webb's), then held-out test fields of the demo dataset in their archive's look,
-    each with its survey | rendering side-by-side (yielded as they are written)."""
+    """Renders through the gateway (the newest exported generator): named targets, then held-out
+    test fields of the demo dataset, each with its survey | rendering side-by-side (yielded as
+    they are written)."""
     with GatewayClient(stack.env()["PSS_GATEWAY_ADDR"], timeout_s=600) as client:
         for name, fov in DEMO_TARGETS:
             request = gateway_pb2.RenderRequest(
                 name=name, fov_arcmin=fov, size=common_pb2.PixelGrid(width=size, height=size), fidelity=0.5
             )
             yield from _render(client, request, out_dir / f"render-{name.lower()}.png")
-            if name == DEMO_TARGETS[0][0]:
-                request.style = "webb"
-                yield from _render(client, request, out_dir / f"render-{name.lower()}-webb.png")
-        for title, ra, dec, fov, style in test_fields(stack):
+        for title, ra, dec, fov in test_fields(stack):
             request = gateway_pb2.RenderRequest(
                 position=common_pb2.SkyPosition(ra_deg=ra, dec_deg=dec),
                 fov_arcmin=fov,
                 size=common_pb2.PixelGrid(width=size, height=size),
                 fidelity=0.5,
-                style=style,
             )
             yield from _render(client, request, out_dir / f"render-test-{title.split(':')[0]}.png")

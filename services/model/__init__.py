@@ -1,7 +1,6 @@
 """Model code shared by the trainer and serving (issue #7).
 
-- `generator`: the x4 (or x2) generator, TorchScript-able, noise, fidelity and style inputs;
-- `styles`: the looks it renders (Hubble, Webb) and how a dataset pair's archive names its look;
+- `generator`: the x4 (or x2) generator, TorchScript-able, noise and fidelity inputs;
 - `discriminator`: the spectral-norm patch discriminator;
 - `normalise`: THE input normalisation (whole-cutout statistics), shared by training and serving;
 - `observe`: the survey observation model (stretch, PSF, re-observation, noise, consistency chi^2);

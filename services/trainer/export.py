@@ -38,7 +38,6 @@ from deploy.triton.model_config import (
 from deploy.triton.placeholder import GENERIC_MODEL_PY
 from services.model import normalise, styles
 from services.model.generator import INPUT_CHANNELS, NOISE_CHANNELS, Generator, GeneratorConfig, script
-from services.model.training import STATE_VERSION
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
 from services.trainer import runs
@@ -127,12 +126,6 @@ def export_run(store: ObjectStore, run_id: str, model: str = DEFAULT_MODEL) -> d
     if restored is None:
         raise FailedPrecondition(f"run {run_id} has no checkpoint yet: train it first")
     state, summary = restored
-    written = state.get("trainer", {}).get("version")
-    if written != STATE_VERSION:
-        raise FailedPrecondition(
-            f"run {run_id} was trained by an older trainer (state version {written}, this one writes "
-            f"{STATE_VERSION}: the generator has since gained the style input): train a new run to export"
-        )
     generator = generator_from_checkpoint(state)
     report = runs.read_json(store, run_id, "report.json") or {}
     about = {
