@@ -382,7 +382,11 @@ class _DeviceRunner:
     def map(self, batches: Iterable[Any], deadline: Any, cancelled: threading.Event) -> Iterator[tuple[Any, Any]]:
         with torch.inference_mode():
             for batch in batches:
-                out = self.module(*(torch.from_numpy(a).to(self.device) for a in batch.arrays()))
+                out = self.module(
+                    torch.from_numpy(batch.x).to(self.device),
+                    torch.from_numpy(batch.noise).to(self.device),
+                    torch.from_numpy(batch.fidelity_array()).to(self.device),
+                )
                 yield batch, out.cpu().numpy()
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from services.model import degrade, losses, normalise, observe, styles
+from services.model import degrade, losses, normalise, observe
 from services.model.discriminator import DiscriminatorConfig, PatchDiscriminator
 from services.model.generator import (
     INPUT_CHANNELS,
@@ -48,7 +48,7 @@ def _lively(config: GeneratorConfig, seed: int = 0) -> Generator:
     g = Generator(config)
     with torch.no_grad():
         for name, p in g.named_parameters():
-            if name.startswith(("out_conv", "skip_style")) or ".film." in name:
+            if name.startswith("out_conv") or ".film." in name:
                 p.normal_(0.0, 0.05)
     return g.eval()
 
@@ -134,26 +134,6 @@ def test_noise_changes_output_only_below_full_fidelity() -> None:
     assert spread(1.0) == 0.0  # faithful: deterministic
     assert spread(0.0) > 1e-3  # vivid: samples differ
     assert spread(0.9) < 0.5 * spread(0.0)  # the noise fades as fidelity rises
-
-
-def test_style_reaches_the_output_and_none_is_hubble() -> None:
-    g = _lively(TINY, seed=2)
-    x = torch.rand(2, INPUT_CHANNELS, 12, 12)
-    noise, fid = torch.randn(2, NOISE_CHANNELS, 12, 12), torch.full((2, 1), 0.5)
-    with torch.no_grad():
-        hubble, webb = g(x, noise, fid, torch.zeros(2, 1)), g(x, noise, fid, torch.ones(2, 1))
-        assert torch.equal(g(x, noise, fid), hubble)
-    assert float((hubble - webb).abs().mean()) > 1e-3
-    with pytest.raises(ValueError, match="style"):
-        g(x, noise, fid, torch.zeros(2, 2))
-    assert styles.code("webb") == 1.0 and styles.from_source("esahubble") == "hubble"
-    with pytest.raises(ValueError, match="hubble, webb"):
-        styles.code("spitzer")
-    # The discriminator sees the style asked for: the same image is judged differently.
-    d = PatchDiscriminator(TINY_D).eval()
-    image, mask = torch.rand(2, 3, 48, 48), torch.ones(2, 1, 48, 48)
-    with torch.no_grad():
-        assert not torch.equal(d(image, x, mask, torch.zeros(2, 1)), d(image, x, mask, torch.ones(2, 1)))
 
 
 def test_straight_through_clamp_passes_gradients_back_into_range() -> None:
@@ -431,28 +411,6 @@ def test_the_colour_map_learns_the_outreach_level_fast() -> None:
     # Measured: gap 0.21; in 20 steps the level moves 0.13 with the multiplier, 0.05 without.
     assert levels[10.0] > 0.5 * target_gap > 0
     assert levels[10.0] > 1.8 * levels[1.0]
-
-
-def test_two_styles_learn_two_colour_maps() -> None:
-    """The same survey crops, warm targets for the Hubble style and cool ones for Webb: one model
-    learns both looks, told apart by the style input alone."""
-    half = _batch(2, 12, seed=5)
-    half["synthetic"][:] = False
-    batch = {k: torch.cat([v, v]) for k, v in half.items()}
-    warm, cool = torch.tensor([1.5, 1.0, 0.5]), torch.tensor([0.5, 1.0, 1.5])
-    batch["target"] = torch.cat([(half["target"] * t[None, :, None, None]).clamp(0, 1) for t in (warm, cool)])
-    batch["style"] = torch.tensor([0.0, 0.0, 1.0, 1.0])
-    tr = GanTrainer(_config(warmup_steps=1000, consistency_weight=0.0))
-
-    def red_minus_blue(style: float) -> float:
-        out = tr.generate(half["input"], style=torch.full((2, 1), style))
-        return float((out[:, 0] - out[:, 2]).mean())
-
-    assert abs(red_minus_blue(0.0) - red_minus_blue(1.0)) < 1e-6  # untrained: the style does nothing
-    for _ in range(60):
-        tr.step(batch)
-    gap = float((batch["target"][:2, 0] - batch["target"][:2, 2]).mean())  # warm targets: red - blue
-    assert red_minus_blue(0.0) - red_minus_blue(1.0) > 0.5 * gap > 0
 
 
 def test_synthetic_crops_teach_structure_not_level() -> None:

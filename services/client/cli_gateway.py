@@ -42,7 +42,6 @@ def build_request(args: argparse.Namespace) -> gateway_pb2.RenderRequest:
         want_fits=args.fits,
         seed=args.seed or 0,
         no_cache=args.no_cache,
-        style=args.style,
     )
     if args.target:
         request.name = args.target
@@ -129,9 +128,6 @@ def add_parsers(sub: Any) -> None:
     render.add_argument("--fits", action="store_true", help="also write a FITS with the WCS")
     render.add_argument("--samples", type=int, default=1, help=">1: also a spread map of where the model invents")
     render.add_argument("--fidelity", type=_fraction, default=0.5, help="0 vivid ... 1 faithful (default 0.5)")
-    render.add_argument(
-        "--style", choices=("hubble", "webb"), default="hubble", help="whose look to render (default hubble)"
-    )
     render.add_argument("--survey", help="survey slug, e.g. dss2-color (default) or sdss9-color")
     render.add_argument("--model", help="model name (default: generator)")
     render.add_argument("--model-version", help="model version (default: the newest served)")

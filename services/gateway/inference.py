@@ -27,24 +27,15 @@ from services.runtime.errors import DeadlineExceeded, Unavailable
 
 @dataclass(frozen=True)
 class Batch:
-    """Tiles of one shape: ids (the caller's), x [B,INPUT_CHANNELS,h,w] normalised survey, noise
-    [B,NOISE_CHANNELS,h,w], the fidelity and the style code (services.model.styles)."""
+    """Tiles of one shape: ids (the caller's), x [B,3,h,w] normalised survey, noise [B,4,h,w]."""
 
     ids: tuple[int, ...]
     x: np.ndarray
     noise: np.ndarray
     fidelity: float
-    style: float = 0.0
 
     def fidelity_array(self) -> np.ndarray:
         return np.full((len(self.ids), 1), self.fidelity, dtype=np.float32)
-
-    def style_array(self) -> np.ndarray:
-        return np.full((len(self.ids), 1), self.style, dtype=np.float32)
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The model's inputs, in order (INPUT__0 ...)."""
-        return self.x, self.noise, self.fidelity_array(), self.style_array()
 
 
 class Deadline:
@@ -84,7 +75,9 @@ class LocalRunner:
                 if cancelled.is_set():
                     return
                 deadline.check("rendering tiles")
-                out = self.module(*(torch.from_numpy(a) for a in batch.arrays()))
+                out = self.module(
+                    torch.from_numpy(batch.x), torch.from_numpy(batch.noise), torch.from_numpy(batch.fidelity_array())
+                )
                 yield batch, out.numpy()
 
 
@@ -108,8 +101,9 @@ class TritonRunner:
         self.retries = retries
 
     def _inputs(self, batch: Batch) -> list[grpcclient.InferInput]:
+        arrays = (batch.x, batch.noise, batch.fidelity_array())
         inputs = []
-        for i, array in enumerate(batch.arrays()):
+        for i, array in enumerate(arrays):
             tensor = grpcclient.InferInput(input_name(i), list(array.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32))
             inputs.append(tensor)

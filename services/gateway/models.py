@@ -194,15 +194,6 @@ def check_interface(model: str, version: int, provenance: dict[str, Any]) -> Non
     fail inside Triton."""
     trained = provenance.get("normalisation")
     noise = provenance.get("noise_channels")
-    conditions = provenance.get("conditions")
-    if trained is not None and tuple(conditions or ()) != export.CONDITIONS:
-        # Exported before the style input (or with other conditions): Triton would be sent an
-        # input the model does not take.
-        raise FailedPrecondition(
-            f"version {version} of model {model!r} was exported with conditions {conditions or ['fidelity']}, and "
-            f"this gateway feeds {list(export.CONDITIONS)}: train and export a new version "
-            "(prettyspace train --dataset NAME --config demo; prettyspace model export RUN)"
-        )
     if (trained is not None and trained != normalise.VERSION) or (noise is not None and noise != NOISE_CHANNELS):
         raise FailedPrecondition(
             f"version {version} of model {model!r} was exported for input normalisation {trained!r} with "

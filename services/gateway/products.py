@@ -107,9 +107,7 @@ def side_by_side_png(survey01: np.ndarray, image01: np.ndarray, provenance: dict
         (6, 6), f"{provenance.get('survey', 'survey')} (observed) {target}".strip(), fill=(230, 230, 230), font=font
     )
     model = f"{provenance.get('model_name', '')} v{provenance.get('model_version', '')}"
-    style = provenance.get("parameters", {}).get("style", "")
-    look = f", {style} look" if style else ""
-    draw.text((size[0] + gap + 6, 6), f"{DISCLAIMER} ({model}{look})", fill=(255, 210, 120), font=font)
+    draw.text((size[0] + gap + 6, 6), f"{DISCLAIMER} ({model})", fill=(255, 210, 120), font=font)
     credits = "; ".join(provenance.get("credits", []))
     draw.text((6, caption + size[1] + 6), f"Credit: {credits}"[:220], fill=(190, 190, 190), font=_font(11))
     return _png(canvas, png_text(provenance))
@@ -128,7 +126,6 @@ def rendering_fits(
     header["MODELVER"] = (str(provenance.get("model_version", "")), "Triton model version")
     header["SURVEY"] = (str(provenance.get("survey", "")), "survey the input pixels come from")
     header["FIDELITY"] = (float(provenance.get("parameters", {}).get("fidelity", 0.0)), "0 vivid .. 1 faithful")
-    header["STYLE"] = (str(provenance.get("parameters", {}).get("style", "")), "the look rendered: hubble or webb")
     header["NSAMPLES"] = (int(provenance.get("samples", 1)), "samples averaged")
     for credit in provenance.get("credits", []):
         header["COMMENT"] = f"Credit: {credit}"

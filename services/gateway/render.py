@@ -31,7 +31,7 @@ from services.cutouts.geometry import rescaled_wcs
 from services.gateway import products
 from services.gateway.inference import Batch, Deadline, TileRunner
 from services.gateway.tiling import Assembler, Tile, plan_tiles
-from services.model import normalise, styles
+from services.model import normalise
 from services.model.generator import NOISE_CHANNELS
 from services.runtime.errors import InvalidArgument, require
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
@@ -76,7 +76,6 @@ class RenderSpec:
     want_fits: bool
     seed: int
     no_cache: bool = False
-    style: str = styles.DEFAULT  # whose look to render (services.model.styles)
 
 
 DEFAULT_SIZE_PX = 1024
@@ -117,9 +116,6 @@ def check_spec(spec: RenderSpec, limits: Limits) -> None:
         )
     require(
         math.isfinite(spec.fidelity) and 0.0 <= spec.fidelity <= 1.0, "fidelity", f"{spec.fidelity} is outside 0..1"
-    )
-    require(
-        spec.style in styles.STYLES, "style", f"{spec.style!r} is not a style: expected {' or '.join(styles.STYLES)}"
     )
     require(
         math.isfinite(spec.north_angle_deg) and -360.0 <= spec.north_angle_deg <= 360.0,
@@ -213,9 +209,7 @@ def noise_field(seed: int, sample: int, height: int, width: int) -> np.ndarray:
     return np.random.default_rng([seed, sample]).standard_normal((NOISE_CHANNELS, height, width), dtype=np.float32)
 
 
-def batches(
-    x: np.ndarray, noise: np.ndarray, tiles: list[Tile], size: int, fidelity: float, style: float = 0.0
-) -> Iterator[Batch]:
+def batches(x: np.ndarray, noise: np.ndarray, tiles: list[Tile], size: int, fidelity: float) -> Iterator[Batch]:
     for start in range(0, len(tiles), size):
         group = tiles[start : start + size]
         # Tiles of one plan have one shape (plan_tiles), so they stack into one request.
@@ -224,7 +218,6 @@ def batches(
             x=np.stack([x[:, t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] for t in group]),
             noise=np.stack([noise[:, t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] for t in group]),
             fidelity=fidelity,
-            style=style,
         )
 
 
@@ -239,10 +232,9 @@ def run_samples(
     deadline: Deadline,
     cancelled: threading.Event,
     progress: Progress,
-    style: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The generator input (normalise.INPUT_CHANNELS, H, W) -> (mean rendering (3, sH, sW) display
-    0..1, per-pixel spread (sH, sW) or None for one sample), in the style with code `style`."""
+    0..1, per-pixel spread (sH, sW) or None for one sample)."""
     _, height, width = x.shape
     tiles = plan_tiles(height, width, tiling.tile_px, tiling.overlap_px)
     total = len(tiles) * samples
@@ -252,9 +244,7 @@ def run_samples(
     for sample in range(samples):
         noise = noise_field(seed, sample, height, width)
         assembler = Assembler(height, width, scale, 3, tiling.overlap_px, tiling.margin_px)
-        for batch, out in runner.map(
-            batches(x, noise, tiles, tiling.batch_tiles, fidelity, style), deadline, cancelled
-        ):
+        for batch, out in runner.map(batches(x, noise, tiles, tiling.batch_tiles, fidelity), deadline, cancelled):
             for index, tile_out in zip(batch.ids, out, strict=True):
                 assembler.add(tiles[index], tile_out)
             done += len(batch.ids)
@@ -323,7 +313,6 @@ def render_key(spec: RenderSpec, model: str, version: int, tiling: Tiling) -> st
         "version": version,
         "samples": spec.samples,
         "fidelity": round(spec.fidelity, 4),
-        "style": spec.style,
         "seed": spec.seed,
         "tiling": asdict(tiling),
     }
@@ -446,7 +435,6 @@ def make_provenance(
         "samples": spec.samples,
         "parameters": {
             "fidelity": spec.fidelity,
-            "style": spec.style,
             "samples": spec.samples,
             "seed": spec.seed,
             "fov_arcmin": spec.fov_arcmin,
@@ -481,17 +469,7 @@ def render_pixels(
     if not valid.any():
         raise InvalidArgument("survey", f"the survey {spec.survey!r} has no data at this position")
     image, spread = run_samples(
-        x,
-        runner,
-        tiling,
-        grids.scale,
-        spec.samples,
-        spec.fidelity,
-        spec.seed,
-        deadline,
-        cancelled,
-        progress,
-        styles.code(spec.style),
+        x, runner, tiling, grids.scale, spec.samples, spec.fidelity, spec.seed, deadline, cancelled, progress
     )
     blank = np.kron(~valid, np.ones((grids.scale, grids.scale), dtype=bool))
     image[:, blank] = np.nan  # no survey data there: nothing to render from

@@ -51,7 +51,6 @@ from services.gateway.render import (
     render_pixels,
     tiling_for,
 )
-from services.model import styles
 from services.runtime.config import Setting
 from services.runtime.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from services.runtime.server import ServiceContext, ServiceSpec
@@ -228,7 +227,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             want_fits=request.want_fits,
             seed=request.seed,
             no_cache=request.no_cache,
-            style=request.style or styles.DEFAULT,
         )
         check_spec(spec, self.limits)
         if not spec.seed:

@@ -3,7 +3,6 @@
 Spectral norm on every convolution (a Lipschitz critic: stable hinge training without
 gradient penalties, and no batch norm to couple the samples of a batch). Conditioned on the
 bicubic-upsampled normalised input, so it judges "plausible detail *for this survey field*",
-on the style asked for (a constant plane: a Hubble look is fake when Webb's was asked for),
 and on the validity mask: images are zeroed where the mask is 0 and the mask is a channel, so
 masked pixels carry no information and cannot change a loss.
 """
@@ -50,7 +49,7 @@ class PatchDiscriminator(nn.Module):
         cfg = config or DiscriminatorConfig.demo()
         self.config, self.scale = cfg, scale
         c = cfg.channels
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3 + INPUT_CHANNELS + 2, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3 + INPUT_CHANNELS + 1, c, 3, padding=1)), nn.LeakyReLU(0.2)]
         ch = c
         for i in range(cfg.downsamplings):
             out = c * min(2 ** (i + 1), cfg.max_multiplier)
@@ -60,15 +59,14 @@ class PatchDiscriminator(nn.Module):
         layers += [spectral_norm(nn.Conv2d(ch, 1, 3, padding=1))]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, image: Tensor, condition: Tensor, mask: Tensor, style: Tensor | None = None) -> Tensor:
+    def forward(self, image: Tensor, condition: Tensor, mask: Tensor) -> Tensor:
         """image [B, 3, H, W] display, condition [B, INPUT_CHANNELS, h, w] the generator's input (already zero
-        where invalid), mask [B, 1, H, W], style [B, 1] (None: Hubble) -> logits [B, 1, H / 2^d, W / 2^d]."""
+        where invalid), mask [B, 1, H, W] -> logits [B, 1, H / 2^d, W / 2^d]."""
         up = F.interpolate(condition, size=image.shape[-2:], mode="bicubic", align_corners=False)
         # Normalised inputs run to ~16 on saturated stars: squash so they cannot dominate.
         up = torch.tanh(up / 2.0) * 2.0
         m = mask.to(image.dtype)
-        sty = torch.zeros_like(m) if style is None else style.to(image.dtype)[:, :, None, None].expand_as(m)
-        return self.net(torch.cat([image * m, up * m, m, sty * m], dim=1))
+        return self.net(torch.cat([image * m, up * m, m], dim=1))
 
     def patch_weights(self, mask: Tensor, logits: Tensor) -> Tensor:
         """Valid fraction of each logit's cell (a patch of masked pixels counts for nothing)."""

@@ -1,8 +1,7 @@
 """The generator: normalised survey cutout -> x`scale` outreach-like display image.
 
 forward(x [B, INPUT_CHANNELS, h, w] (services.model.normalise: normalised and display planes),
-noise [B, NOISE_CHANNELS, h, w] standard normal, fidelity [B, 1] in [0, 1], style [B, 1]
-(services.model.styles: 0 Hubble, 1 Webb; None = Hubble))
+noise [B, NOISE_CHANNELS, h, w] standard normal, fidelity [B, 1] in [0, 1])
 -> [B, 3, scale*h, scale*w] display values in [0, 1].
 
 - Fully convolutional residual network (EDSR-like, no batch norm: statistics would differ
@@ -16,9 +15,6 @@ noise [B, NOISE_CHANNELS, h, w] standard normal, fidelity [B, 1] in [0, 1], styl
   detail; (2) FiLM: a small MLP of the fidelity modulates every block (gain and bias per
   channel), so the same weights can render a faithful (pixel-loss-like) or a vivid (adversarial)
   image. FiLM layers start at zero: an untrained network ignores fidelity.
-- Style (which telescope's look): a second input of the same FiLM MLP, and a per-style colour
-  map (3x3 matrix and offset, starting at the identity) applied to the base image, so the two
-  archives' colour palettes need not be averaged into one.
 - Output: a learned colour map of the bicubic-upsampled input (starting as the display planes
   themselves, i.e. bicubic upsampling: the level and colour of the survey are the first guess
   and the network learns the outreach look as a correction) plus the network's residual,
@@ -48,7 +44,7 @@ class GeneratorConfig:
     hr_channels: int = 24  # features at the output resolution (cheap: the fine grid is scale^2 larger)
     scale: int = 4  # 2 or 4
     res_scale: float = 0.2  # residual branch scaling: deep stacks stay stable without normalisation
-    film_dim: int = 32  # fidelity and style embedding width
+    film_dim: int = 32  # fidelity embedding width
 
     @classmethod
     def demo(cls, scale: int = 4) -> GeneratorConfig:
@@ -129,8 +125,8 @@ class Generator(nn.Module):
         self.noise_channels = NOISE_CHANNELS
         self.input_channels = INPUT_CHANNELS
         c, hr = cfg.channels, cfg.hr_channels
-        self.condition_mlp = nn.Sequential(
-            nn.Linear(2, cfg.film_dim), nn.LeakyReLU(0.2), nn.Linear(cfg.film_dim, cfg.film_dim)
+        self.fidelity_mlp = nn.Sequential(
+            nn.Linear(1, cfg.film_dim), nn.LeakyReLU(0.2), nn.Linear(cfg.film_dim, cfg.film_dim)
         )
         self.head = nn.Conv2d(INPUT_CHANNELS, c, 3, padding=1)
         self.blocks = nn.ModuleList([ResBlock(c, cfg.film_dim, cfg.res_scale) for _ in range(cfg.blocks)])
@@ -158,28 +154,17 @@ class Generator(nn.Module):
             self.skip.weight.zero_()
             self.skip.weight[:, DISPLAY_PLANES].copy_(torch.eye(3)[:, :, None, None])
             self.skip.bias.zero_()
-        # The style's colour map on top: style -> (3x3 matrix added to the identity, offset), zero
-        # at the start (both styles render the shared map) and trained with the skip's rate.
-        self.skip_style = nn.Linear(1, 12)
-        nn.init.zeros_(self.skip_style.weight)
-        nn.init.zeros_(self.skip_style.bias)
 
-    def forward(self, x: Tensor, noise: Tensor, fidelity: Tensor, style: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise: Tensor, fidelity: Tensor) -> Tensor:
         if x.dim() != 4 or x.size(1) != self.input_channels:
             raise ValueError("x must be [B, INPUT_CHANNELS, h, w] (services.model.normalise)")
         if noise.dim() != 4 or noise.size(1) != self.noise_channels or noise.shape[2:] != x.shape[2:]:
             raise ValueError("noise must be [B, NOISE_CHANNELS, h, w] on the input grid")
         if fidelity.dim() != 2 or fidelity.size(1) != 1:
             raise ValueError("fidelity must be [B, 1]")
-        if style is None:
-            sty = torch.zeros_like(fidelity, dtype=x.dtype)
-        else:
-            if style.dim() != 2 or style.size(1) != 1 or style.size(0) != fidelity.size(0):
-                raise ValueError("style must be [B, 1] (services.model.styles)")
-            sty = style.to(x.dtype).clamp(0.0, 1.0)
         fid = fidelity.to(x.dtype).clamp(0.0, 1.0)
         noise = noise.to(x.dtype) * (1.0 - fid)[:, :, None, None]  # fidelity 1: exactly deterministic
-        emb = self.condition_mlp(torch.cat([fid, sty], dim=1))
+        emb = self.fidelity_mlp(fid)
         h = self.head(x)
         body = h
         for block in self.blocks:
@@ -189,9 +174,6 @@ class Generator(nn.Module):
         fine = self.hr_shuffle(noise[:, : self.fine_noise_channels * self.scale * self.scale])
         h = self.act(self.hr_conv(h + self.hr_noise(fine)))
         base = self.skip(F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False))
-        colour = self.skip_style(sty)
-        matrix, offset = colour[:, :9].reshape(-1, 3, 3), colour[:, 9:]
-        base = base + torch.einsum("bij,bjhw->bihw", matrix, base) + offset[:, :, None, None]
         y = base + self.out_conv(h)
         # Straight-through clamp: the value of clamp, the gradient of the identity.
         return y + (y.clamp(0.0, 1.0) - y).detach()

@@ -4,10 +4,9 @@
   input [B,INPUT_CHANNELS,h,w] (services.model.normalise), input_mask [B,1,h,w], target [B,3,sh,sw] display [0,1],
   mask [B,1,sh,sw], noise_sigma [B,3] display units, psf_fwhm [B] survey pixels, synthetic [B];
 optional `noise_map` [B,3,h,w] (per-pixel display noise, known for synthetic inputs) overrides
-noise_sigma, optional `style` [B] (services.model.styles; absent: Hubble) is the look each target
-has, and optional `noise` [B,NOISE_CHANNELS,h,w] / `fidelity` [B,1] override what the trainer
-draws. The consistency term reads the survey in display units from the input's display planes
-(normalise.DISPLAY_PLANES).
+noise_sigma, and optional `noise` [B,NOISE_CHANNELS,h,w] / `fidelity` [B,1] override what the
+trainer draws. The consistency term reads the survey in display units from the input's display
+planes (normalise.DISPLAY_PLANES).
 
 Schedule and weighting:
 - Steps < warmup_steps: reconstruction only (Charbonnier pixel + multi-scale structure +
@@ -49,7 +48,7 @@ from services.model.discriminator import DiscriminatorConfig, PatchDiscriminator
 from services.model.generator import NOISE_CHANNELS, Generator, GeneratorConfig
 from services.model.normalise import DISPLAY_PLANES
 
-STATE_VERSION = 2  # 2: the generator and discriminator take the style
+STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,8 @@ class GanTrainer:
         self.ema = copy.deepcopy(self.generator).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        colour_map = ("skip", "skip_style")  # the base's global colour maps: their own learning rate
-        skip = [p for n, p in self.generator.named_parameters() if n.split(".")[0] in colour_map]
-        rest = [p for n, p in self.generator.named_parameters() if n.split(".")[0] not in colour_map]
+        skip = list(self.generator.skip.parameters())
+        rest = [p for n, p in self.generator.named_parameters() if not n.startswith("skip.")]
         self.opt_g = torch.optim.Adam(
             [{"params": rest}, {"params": skip, "lr": cfg.lr_generator * cfg.skip_lr_multiplier}],
             lr=cfg.lr_generator,
@@ -176,12 +174,6 @@ class GanTrainer:
         fidelity = torch.where(pick < e, torch.zeros_like(u), torch.where(pick < 2 * e, torch.ones_like(u), u))
         noise = torch.randn(b, NOISE_CHANNELS, h, w, generator=self.rng)
         return fidelity, noise
-
-    def _style(self, batch: dict[str, Tensor], b: int) -> Tensor:
-        """[B, 1] style codes of the batch's targets (Hubble where the batch names none)."""
-        if "style" not in batch:
-            return torch.zeros(b, 1, device=self.device)
-        return batch["style"].to(self.device).float().reshape(b, 1)
 
     @staticmethod
     def _input_display(batch: dict[str, Tensor]) -> Tensor:
@@ -214,14 +206,13 @@ class GanTrainer:
         fidelity, noise = self._draw(b, h, w)
         fidelity = batch.get("fidelity", fidelity).to(dev).float().reshape(b, 1)
         noise = batch.get("noise", noise).to(dev).float()
-        style = self._style(batch, b)
         f = fidelity[:, 0]
         adv_on = self.adversarial_on()
         self.generator.train()
         self.discriminator.train()
 
         with self._autocast():
-            out = self.generator(x, noise, fidelity, style)
+            out = self.generator(x, noise, fidelity)
         out = out.float()
 
         # Discriminator.
@@ -230,8 +221,8 @@ class GanTrainer:
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
             with self._autocast():
-                real_logits = self.discriminator(target, x, mask, style).float()
-                fake_logits = self.discriminator(out.detach(), x, mask, style).float()
+                real_logits = self.discriminator(target, x, mask).float()
+                fake_logits = self.discriminator(out.detach(), x, mask).float()
             weights = self.discriminator.patch_weights(mask, real_logits)
             loss_d = losses.d_hinge(real_logits, fake_logits, weights)
             self.opt_d.zero_grad(set_to_none=True)
@@ -295,7 +286,7 @@ class GanTrainer:
             for p in self.discriminator.parameters():
                 p.requires_grad_(False)
             with self._autocast():
-                logits = self.discriminator(out, x, mask, style).float()
+                logits = self.discriminator(out, x, mask).float()
             adv = (losses.g_hinge(logits, self.discriminator.patch_weights(mask, logits)) * (1.0 - f)).mean()
             adv_scale = cfg.adversarial_weight * adv_on
             if cfg.adaptive_adversarial:
@@ -338,26 +329,18 @@ class GanTrainer:
 
     @torch.no_grad()
     def generate(
-        self,
-        x: Tensor,
-        fidelity: float = 1.0,
-        noise: Tensor | None = None,
-        ema: bool = True,
-        seed: int = 0,
-        style: Tensor | None = None,
+        self, x: Tensor, fidelity: float = 1.0, noise: Tensor | None = None, ema: bool = True, seed: int = 0
     ) -> Tensor:
-        """Render [B,3,h,w] normalised inputs (eval mode; the EMA weights unless ema=False) in
-        `style` ([B, 1] codes; None: Hubble). Noise, unless given, is drawn from `seed` (never from
-        the training stream: resuming stays exact)."""
+        """Render [B,3,h,w] normalised inputs (eval mode; the EMA weights unless ema=False). Noise,
+        unless given, is drawn from `seed` (never from the training stream: resuming stays exact)."""
         g = self.ema if ema else self.generator
         g.eval()
         b, _, h, w = x.shape
         if noise is None:
             noise = torch.randn(b, NOISE_CHANNELS, h, w, generator=torch.Generator().manual_seed(seed))
         fid = torch.full((b, 1), float(fidelity), device=self.device)
-        sty = torch.zeros(b, 1, device=self.device) if style is None else style.to(self.device).float()
         with self._autocast():
-            out = g(x.to(self.device).float(), noise.to(self.device), fid, sty)
+            out = g(x.to(self.device).float(), noise.to(self.device), fid)
         return out.float()
 
     @torch.no_grad()
@@ -371,9 +354,8 @@ class GanTrainer:
         x = batch["input"].float() * in_mask
         target, mask = batch["target"].float(), batch["mask"].float()
         out: dict[str, float] = {}
-        style = self._style(batch, x.shape[0])
-        faithful = self.generate(x, 1.0, style=style)
-        outputs = {"faithful": faithful, "vivid": self.generate(x, 0.0, style=style)}
+        faithful = self.generate(x, 1.0)
+        outputs = {"faithful": faithful, "vivid": self.generate(x, 0.0)}
         up = F.interpolate(self._input_display(batch), scale_factor=float(self.scale), mode="bicubic")
         outputs["bicubic"] = up.clamp(0.0, 1.0)
         for name, image in outputs.items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from services.model import degrade, normalise, observe, styles
+from services.model import degrade, normalise, observe
 from services.trainer.pairs import Pair
 
 # Typical seeing FWHM of each survey (arcsec): what the consistency term blurs a real pair's output
@@ -131,7 +131,6 @@ class Stream:
             "noise_map": orient(noise_map).astype(np.float32),
             "psf_fwhm": np.float32(fwhm),
             "synthetic": np.bool_(synthetic),
-            "style": np.float32(styles.code(p.style)),
         }
 
     def _synthetic(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.model import degrade, normalise, observe, styles
+from services.model import degrade, normalise, observe
 from services.model.generator import NOISE_CHANNELS, Generator
 from services.trainer import baselines, report
 from services.trainer.config import TrainConfig
@@ -47,7 +47,6 @@ class Window:
     target_valid: np.ndarray
     noise_sigma: np.ndarray  # (3,) or per pixel (3, h, w), display units
     psf_fwhm: float  # survey px
-    style: str = styles.DEFAULT  # the target's look (services.model.styles): what the generator is asked for
 
 
 def window_corners(p: Pair, side: int, count: int, scale: int) -> list[tuple[int, int]]:
@@ -78,7 +77,6 @@ def _real_window(p: Pair, whole: PairInput, x0: int, y0: int, side_x: int, side_
         p.target_valid[tl],
         whole.noise_sigma,
         whole.psf_fwhm_px,
-        p.style,
     )
 
 
@@ -94,7 +92,6 @@ def _synthetic_window(real: Window, family: degrade.Family, scale: int, seed: in
         real.target_valid,
         d.noise_map,
         d.psf_fwhm,
-        real.style,
     )
 
 
@@ -117,8 +114,7 @@ def generate(generator: Generator, w: Window, fidelity: float, seed: int, device
     x = torch.from_numpy(np.ascontiguousarray(w.x))[None].to(device)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, NOISE_CHANNELS, *w.x.shape[1:], generator=gen).to(device)
-    fid = torch.full((1, 1), float(fidelity), device=device)
-    out = generator(x, noise, fid, torch.full((1, 1), styles.code(w.style), device=device))
+    out = generator(x, noise, torch.full((1, 1), float(fidelity), device=device))
     return out[0].float().cpu().numpy()
 
 

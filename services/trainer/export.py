@@ -10,9 +10,8 @@ Layout (Triton's model repository, read by Triton straight from S3):
 
 A version's files are all uploaded before versions.json names it, and Triton (explicit model control)
 loads a version only when told to, after that: a reader never sees half a version. Inputs are
-INPUT__0 the normalised survey [B,INPUT_CHANNELS,h,w] (services.model.normalise), INPUT__1 noise
-[B,NOISE_CHANNELS,h,w], INPUT__2 fidelity [B,1] and INPUT__3 style [B,1] (services.model.styles);
-OUTPUT__0 the rendering [B,3,scale*h,scale*w] in display values 0..1.
+INPUT__0 the normalised survey [B,3,h,w] (services.model.normalise), INPUT__1 noise [B,4,h,w] and
+INPUT__2 fidelity [B,1]; OUTPUT__0 the rendering [B,3,scale*h,scale*w] in display values 0..1.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from deploy.triton.model_config import (
     output_name,
 )
 from deploy.triton.placeholder import GENERIC_MODEL_PY
-from services.model import normalise, styles
+from services.model import normalise
 from services.model.generator import INPUT_CHANNELS, NOISE_CHANNELS, Generator, GeneratorConfig, script
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.objectstore import ObjectNotFound, ObjectStore
@@ -51,11 +50,7 @@ INPUTS = (
     TensorSpec(input_name(0), "TYPE_FP32", (INPUT_CHANNELS, -1, -1)),
     TensorSpec(input_name(1), "TYPE_FP32", (NOISE_CHANNELS, -1, -1)),
     TensorSpec(input_name(2), "TYPE_FP32", (1,)),
-    TensorSpec(input_name(3), "TYPE_FP32", (1,)),
 )
-# What the model is conditioned on, in input order after the survey and the noise: recorded in
-# every version's provenance; the gateway refuses a version conditioned otherwise.
-CONDITIONS = ("fidelity", "style")
 OUTPUTS = (TensorSpec(output_name(0), "TYPE_FP32", (3, -1, -1)),)
 
 
@@ -74,7 +69,6 @@ def gpu_config(model: str, warmup_px: int = 64) -> str:
         INPUTS[0].name: (INPUT_CHANNELS, warmup_px, warmup_px),
         INPUTS[1].name: (NOISE_CHANNELS, warmup_px, warmup_px),
         INPUTS[2].name: (1,),
-        INPUTS[3].name: (1,),
     }
     warmup = WarmupSample(name="warmup_tile", batch_size=1, dims=dims, count=3)
     return gpu_libtorch_config(model, INPUTS, OUTPUTS, MAX_BATCH_SIZE, warmup)
@@ -88,15 +82,15 @@ def generator_from_checkpoint(state: dict[str, Any]) -> Generator:
 
 
 def check_against_eager(generator: Generator, module: torch.jit.ScriptModule, sizes=((24, 40), (37, 29))) -> float:
-    """Max |scripted - eager| over two odd sizes, both fidelity ends and both styles (dynamic H/W works)."""
+    """Max |scripted - eager| over two odd sizes and both fidelity ends (dynamic H/W works)."""
     worst = 0.0
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for h, w in sizes:
             x = torch.randn(2, INPUT_CHANNELS, h, w, generator=gen) * 0.3
             noise = torch.randn(2, NOISE_CHANNELS, h, w, generator=gen)
-            fidelity, style = torch.tensor([[0.0], [1.0]]), torch.tensor([[1.0], [0.0]])
-            a, b = generator(x, noise, fidelity, style), module(x, noise, fidelity, style)
+            fidelity = torch.tensor([[0.0], [1.0]])
+            a, b = generator(x, noise, fidelity), module(x, noise, fidelity)
             worst = max(worst, float((a - b).abs().max()))
     return worst
 
@@ -167,8 +161,6 @@ def publish_generator(store: ObjectStore, generator: Generator, model: str, abou
         "normalisation": normalise.VERSION,
         "noise_channels": NOISE_CHANNELS,
         "input_channels": INPUT_CHANNELS,
-        "conditions": list(CONDITIONS),
-        "styles": dict(styles.STYLES),
         "eager_max_abs_difference": difference,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

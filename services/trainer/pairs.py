@@ -30,7 +30,6 @@ from services.curator import dataset as datasets
 from services.curator.evaluation import decode_image
 from services.curator.verdicts import mask_from_png
 from services.cutouts.geometry import header_wcs, pixel_map, rescaled_wcs
-from services.model import styles
 from services.runtime.objectstore import ObjectStore
 
 PREPARE_VERSION = "1"  # bump when the target construction changes: cached pairs are rebuilt
@@ -52,7 +51,6 @@ class Pair:
     corners: tuple[tuple[int, int], ...]
     tile_px: int
     pixel_arcsec: float  # of the survey grid
-    style: str = styles.DEFAULT  # the outreach image's look (services.model.styles), from its archive
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,6 @@ def _pair(
         corners=tuple((int(x), int(y)) for x, y in t.get("corners", [])),
         tile_px=int(t.get("tile_px", 0)),
         pixel_arcsec=_pixel_arcsec(line),
-        style=styles.from_source(line["source"]),
     )
 
 

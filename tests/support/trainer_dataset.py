@@ -54,18 +54,17 @@ def publish(store: ObjectStore, name: str, survey_px: int = 48, survey_arcsec: f
         jpeg = io.BytesIO()
         Image.fromarray(image[::-1]).save(jpeg, format="JPEG", quality=92)
         image_id = f"test{i}"
-        source = "esawebb" if style == "webb" else "esahubble"  # the archive whose look the target has
-        o_info = store.put_bytes("archive", f"{source}/{image_id}/large.jpg", jpeg.getvalue(), "image/jpeg")
-        c_info = store.put_bytes("cutouts", f"dss2-color/{source}/{image_id}.fits", fits_bytes(cube, s_wcs, DSS2, {}))
+        o_info = store.put_bytes("archive", f"esahubble/{image_id}/large.jpg", jpeg.getvalue(), "image/jpeg")
+        c_info = store.put_bytes("cutouts", f"dss2-color/esahubble/{image_id}.fits", fits_bytes(cube, s_wcs, DSS2, {}))
         line = {
-            "pair": f"{source}/{image_id}@dss2-color",
-            "source": source,
+            "pair": f"esahubble/{image_id}@dss2-color",
+            "source": "esahubble",
             "image_id": image_id,
             "survey": "dss2-color",
             "split": split,
             "category": "Galaxy",
             "title": f"Test field {i}",
-            "credit": f"ESA/{style.capitalize()} (test render of the local universe)",
+            "credit": "ESA/Hubble (test render of the local universe)",
             "survey_credit": "DSS2 (test render)",
             "outreach": {
                 "bucket": "archive",
