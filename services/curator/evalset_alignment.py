@@ -331,7 +331,10 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=Path, help="a directory of truly aligned real pairs (*.npz) to run instead")
     parser.add_argument(
-        "--perturbed", type=int, default=8, help="within-limits cases per field (8: 72 within, 9 clean, 39 beyond)"
+        "--perturbed",
+        type=int,
+        default=8,
+        help="within-limits cases per field (8: 72 within, 9 clean, 39 beyond; 2, the tests' set, hides tails)",
     )
     args = parser.parse_args()
     if args.real is not None:
