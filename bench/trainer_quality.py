@@ -80,6 +80,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     "chi2": r["methods"][m].get("consistency", {}).get("chi2"),
                     "two_sample": r["methods"][m]["realism"].get("two_sample", {}).get("accuracy"),
                     "checkerboard": r["methods"][m]["artefacts"]["checkerboard"]["excess"],
+                    "sky_residual_rms": r["methods"][m]["artefacts"].get("sky_residual_rms"),
                 }
                 for m in METHODS
                 if m in r["methods"]
@@ -122,12 +123,16 @@ def render(results: dict[str, Any]) -> str:
                 _f(v["hf_power_ratio"]),
                 _f(v["two_sample"]),
                 _f(v["chi2"]),
+                _f(v.get("sky_residual_rms"), "{:.3f}"),
             ]
             for m, v in r["methods"].items()
         ]
         lines.append(f"\n{family} inputs")
         lines.append(
-            table(["method", "PSNR src dB", "level-matched", "PSNR all dB", "HF ratio", "2-sample acc", "chi2"], rows)
+            table(
+                ["method", "PSNR src dB", "level-matched", "PSNR all dB", "HF ratio", "2-sample", "chi2", "sky RMS"],
+                rows,
+            )
         )
         lines.append(
             table(

@@ -236,6 +236,26 @@ def test_richardson_lucy_beats_bicubic_on_a_blurred_star_field():
     assert set(out) == {"bicubic", "tone-curve", "richardson-lucy"}
 
 
+def test_sky_residual_sees_blobs_on_empty_sky_not_its_level(renders):
+    t = renders["xdf"]
+    valid = np.ones(t.shape[1:], bool)
+    sky = valid & ~metrics.source_mask(t, valid)
+    assert sky.mean() > 0.3
+
+    def rms(o: np.ndarray) -> float:
+        e, n = metrics.sky_residual_sums(o, t, sky)
+        return math.sqrt(e / n)
+
+    assert rms(t) == 0.0
+    assert rms(np.clip(t + 0.05, 0, 1)) < 1e-3  # a lifted sky level is not structure
+    # Survey noise lifted into blobs: smoothed noise, as the demo's renders show on dark sky.
+    rng = np.random.default_rng(3)
+    blobs = ndi.gaussian_filter(rng.normal(0, 1, t.shape[1:]), 4)
+    blobby = np.clip(t + 0.08 * blobs / blobs.std(), 0, 1)
+    assert rms(blobby) > 0.02 and rms(blobby) > 20 * rms(np.clip(t + 0.05, 0, 1))
+    assert metrics.sky_residual_sums(t, t, np.zeros_like(sky)) == (0.0, 0)
+
+
 # --------------------------------------------------------------------------- two-sample test
 
 
@@ -300,6 +320,10 @@ def test_evaluate_report_is_json_with_the_issue_targets(renders):
     assert b["fidelity"]["psnr_sources"] < b["fidelity"]["psnr_all"]  # the black sky flatters
     assert b["realism"]["hf_power_ratio"] < 0.5 and "two_sample" not in b["realism"]
     assert out["methods"][report.VIVID]["spread"]["sources"] > 0
+    # The faithful output is the target plus white noise: a small sky residual, far below bicubic's
+    # (a blurred, differently stretched sky).
+    sky = {m: out["methods"][m]["artefacts"]["sky_residual_rms"] for m in methods}
+    assert 0 < sky[report.FAITHFUL] < 0.02 and sky[report.FAITHFUL] < sky["bicubic"]
     h = out["headline"]
     assert h["targets_evaluated"] == 9 and h["bicubic.psnr_sources"] == b["fidelity"]["psnr_sources"]
     assert all(isinstance(v, float) for v in h.values())

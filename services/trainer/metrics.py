@@ -178,6 +178,19 @@ def squared_error(output: np.ndarray, target: np.ndarray, mask: np.ndarray | Non
     return float(np.sum(d * d)), int(d.size)
 
 
+def sky_residual_sums(output: np.ndarray, target: np.ndarray, sky: np.ndarray) -> tuple[float, int]:
+    """(sum of squared residuals, number of pixels) of the luminance on ``sky`` pixels (valid, away
+    from the target's sources), each image taken about its own sky median: structure the output
+    puts on empty sky that the target does not have (noise lifted into blobs), or the reverse, and
+    not the sky's level. Pooled over images: RMS = sqrt(sum / n)."""
+    m = np.asarray(sky, bool)
+    if not m.any():
+        return 0.0, 0
+    o, t = luminance(output)[m], luminance(target)[m]
+    d = (o - np.median(o)) - (t - np.median(t))
+    return float(np.sum(d * d)), int(d.size)
+
+
 def level_matched(output: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``output`` with a per-channel gain and offset fitted to ``target`` by least squares over the
     masked pixels. Outreach images are stretched arbitrarily: PSNR after this matching tells apart

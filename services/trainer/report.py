@@ -142,6 +142,8 @@ def evaluate(
             "checkerboard": f"power at (i/{scale}, j/{scale}) cycles/px above its local level, output minus "
             f"target, in local-level units, pooled; flagged above {metrics.CHECKERBOARD_TOLERANCE}",
             "stars": "sep detections at 5 sigma of the target's noise in both, matched one-to-one within 1 px",
+            "sky_residual_rms": "RMS of the luminance residual, output minus target, each about its median, on valid "
+            "pixels outside the target's sources, pooled: structure invented on (or missing from) empty sky",
         },
         "methods": {},
     }
@@ -154,6 +156,7 @@ def evaluate(
         hf_out = 0.0
         stars = {"n_output": 0, "n_target": 0, "matched_output": 0, "matched_target": 0}
         cb_flags = 0
+        sky_se, sky_n = 0.0, 0
         for i, (o, t) in enumerate(zip(outs, targets, strict=True)):
             v, s = valid[i], sources[i]
             e, k = metrics.squared_error(o, t, v)
@@ -169,6 +172,8 @@ def evaluate(
             cb_po, cb_bo = cb_po + po, cb_bo + bo
             cb_pt, cb_bt = cb_pt + tgt_cb[i][0], cb_bt + tgt_cb[i][1]
             hf_out += metrics.band_power([o], s, v, band=(0.5 / scale, 0.5))[0]
+            e, k = metrics.sky_residual_sums(o, t, v & ~s)
+            sky_se, sky_n = sky_se + e, sky_n + k
             for key, val in metrics.star_counts(o, t, v).items():
                 stars[key] += val
         px_all = sum(int(v.sum()) for v in valid)
@@ -195,7 +200,10 @@ def evaluate(
                 r["realism"]["two_sample"] = res.to_dict()
             except ValueError as exc:
                 r["realism"]["two_sample"] = {"error": str(exc)}
-        r["artefacts"] = {"checkerboard": checker}
+        r["artefacts"] = {
+            "checkerboard": checker,
+            "sky_residual_rms": math.sqrt(sky_se / sky_n) if sky_n else math.nan,
+        }
         r["stars"] = metrics.precision_recall(stars)
         if reobserved is not None and name in reobserved and inputs is not None and noise_sigma is not None:
             z2 = 0.0
@@ -239,6 +247,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "morphology_min_p": ("realism", "morphology", "min_p"),
     "chi2": ("consistency", "chi2"),
     "checkerboard_excess": ("artefacts", "checkerboard", "excess"),
+    "sky_residual_rms": ("artefacts", "sky_residual_rms"),
     "star_precision": ("stars", "precision"),
     "star_recall": ("stars", "recall"),
 }
