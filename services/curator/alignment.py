@@ -111,9 +111,9 @@ def _unsaturated_channels(raw: np.ndarray) -> list[int]:
     hides them, and masking its plateau removes the very structure that pins the alignment.
     Saturated star cores (a few px, removed by the opening) do not count. At least the least
     saturated channel is kept."""
-    sat = raw >= 254
     # Plateaus are found on a 4x subsampled mask: a plateau that matters is far wider than 4 px.
-    plateau = np.array([ndimage.binary_opening(sat[::4, ::4, c], iterations=2).mean() for c in range(raw.shape[2])])
+    sat = raw[::4, ::4] >= 254
+    plateau = np.array([ndimage.binary_opening(sat[..., c], iterations=2).mean() for c in range(raw.shape[2])])
     keep = [c for c in range(raw.shape[2]) if plateau[c] <= PLATEAU_MAX_FRACTION]
     return keep or [int(np.argmin(plateau))]
 
@@ -135,8 +135,9 @@ def _planes(
     k = max(1, int(ratio // 2)) if o_wcs.sip is None else 1
     raw = np.asarray(outreach)
     keep = _unsaturated_channels(raw)
-    sat = (raw[..., keep] >= 254).any(axis=2).astype(np.float32)
-    lum_o = raw[..., keep].mean(axis=2, dtype=np.float32)
+    channels = raw if len(keep) == raw.shape[2] else raw[..., keep]  # no copy in the usual case
+    sat = (channels >= 254).any(axis=2).astype(np.float32)
+    lum_o = channels.mean(axis=2, dtype=np.float32)
     if k > 1:
         hh, ww = (lum_o.shape[0] // k) * k, (lum_o.shape[1] // k) * k
         lum_o = lum_o[:hh, :ww].reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))

@@ -106,6 +106,7 @@ def evaluate(
     masks = list(masks) if masks is not None else [None] * n
     valid = [metrics.as_mask(m, np.shape(t)) for m, t in zip(masks, targets, strict=True)]
     sources = [metrics.source_mask(t, v) for t, v in zip(targets, valid, strict=True)]
+    skies = [v & ~s for v, s in zip(valid, sources, strict=True)]  # valid pixels away from the sources
     segs = (
         list(segmaps)
         if segmaps is not None
@@ -172,7 +173,7 @@ def evaluate(
             cb_po, cb_bo = cb_po + po, cb_bo + bo
             cb_pt, cb_bt = cb_pt + tgt_cb[i][0], cb_bt + tgt_cb[i][1]
             hf_out += metrics.band_power([o], s, v, band=(0.5 / scale, 0.5))[0]
-            e, k = metrics.sky_residual_sums(o, t, v & ~s)
+            e, k = metrics.sky_residual_sums(o, t, skies[i])
             sky_se, sky_n = sky_se + e, sky_n + k
             for key, val in metrics.star_counts(o, t, v).items():
                 stars[key] += val
@@ -221,9 +222,9 @@ def evaluate(
             n_on = n_off = 0
             for i, group in enumerate(samples[name]):
                 sp = sample_spread(group)
-                s, v = sources[i], valid[i]
+                s, sky = sources[i], skies[i]
                 on, n_on = on + float(sp[s].sum()), n_on + int(s.sum())
-                off, n_off = off + float(sp[v & ~s].sum()), n_off + int((v & ~s).sum())
+                off, n_off = off + float(sp[sky].sum()), n_off + int(sky.sum())
             r["spread"] = {
                 "sources": on / n_on if n_on else math.nan,
                 "background": off / n_off if n_off else math.nan,
