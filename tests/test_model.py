@@ -456,6 +456,38 @@ def test_level_matching_leaves_the_level_free_and_judges_structure() -> None:
     assert grads[0] < 0.05 * grads[1]
 
 
+def test_relative_chi2_judges_real_crops_against_the_targets_own_chi2() -> None:
+    chi2 = torch.tensor([3.0, 3.0, 20.0, 0.5, 0.5, 0.5, float("nan")])
+    target = torch.tensor([9.0, 9.0, 9.0, 0.7, 9.0, float("nan"), 9.0])
+    synthetic = torch.tensor([False, True, False, False, False, False, False])
+    rel = losses.relative_chi2(chi2, target, synthetic)
+    assert float(rel[0]) == 1.0  # more consistent than the truth on a real crop: no penalty either way
+    assert float(rel[1]) == 3.0  # synthetic: the model made the input, judged as it is
+    assert abs(float(rel[2]) - 20.0 / 9.0) < 1e-6  # contradicts the survey beyond what the truth does
+    assert float(rel[3]) == 0.5  # the truth within noise (chi^2 < 1): fitting noise is still penalised
+    assert float(rel[4]) == 1.0
+    assert float(rel[5]) == 0.5  # no reference: as it is
+    assert math.isnan(float(rel[6]))
+    pen = losses.consistency_loss(rel)
+    assert float(pen[0]) == 0.0 and float(pen[2]) > 0.0 and float(pen[3]) > 0.0 and float(pen[6]) == 0.0
+
+
+def test_training_judges_real_crops_consistency_against_the_target() -> None:
+    """A real crop whose survey input the true target does not explain (another scene): the trainer
+    measures the target's own chi^2 and reports it; with consistency_relative off it does not."""
+    batch = _batch(2, 12, seed=6)
+    other = _batch(2, 12, seed=7)
+    batch["synthetic"][:] = False
+    batch["target"] = other["target"]  # the survey shows one scene, the "outreach image" another
+    on = GanTrainer(_config(warmup_steps=1000, seed=3)).step(batch)
+    off = GanTrainer(_config(warmup_steps=1000, seed=3, consistency_relative=False)).step(batch)
+    assert on["chi2_target_real"] > 5.0, on
+    assert off["chi2_target_real"] == 0.0
+    assert on["chi2"] == off["chi2"]  # the output's own chi^2 is reported as measured, either way
+    batch["synthetic"][:] = True
+    assert GanTrainer(_config(warmup_steps=1000, seed=3)).step(batch)["chi2_target_real"] == 0.0
+
+
 def test_training_steps_reduce_the_pixel_loss() -> None:
     batch = _batch(2, 12, seed=1)
     batch["synthetic"][:] = False  # real pairs: the whole pixel loss, level included

@@ -342,3 +342,13 @@ def test_comparison_grid_png(renders):
         report.comparison_grid([rows[0][:3]], cols)
     std = report.standard_grid([survey], {"bicubic": [baselines.bicubic(survey)]}, [t], samples=[[t, t * 0.9]], cell=48)
     assert Image.open(io.BytesIO(std)).width > 4 * 48
+
+
+def test_with_consistency_records_the_targets_own_chi2_as_the_reference():
+    base = {"methods": {report.FAITHFUL: {}, report.VIVID: {}, "bicubic": {}}, "tests": {}}
+    out = report.with_consistency(base, {report.FAITHFUL: 3.0, report.VIVID: 1.2, "bicubic": 1.1}, target_chi2=2.5)
+    assert out["target_chi2"] == 2.5 and out["headline"]["target.chi2"] == 2.5
+    assert out["methods"][report.FAITHFUL]["consistency"]["chi2"] == 3.0
+    assert out["targets"]["faithful_chi2"]["pass"] is False and out["targets"]["vivid_chi2"]["pass"] is True
+    plain = report.with_consistency({"methods": {report.FAITHFUL: {}}, "tests": {}}, {report.FAITHFUL: 1.0})
+    assert "target_chi2" not in plain and "target.chi2" not in plain["headline"]

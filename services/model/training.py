@@ -81,6 +81,8 @@ class TrainConfig:
     synthetic_level_free: bool = True
     fidelity_endpoints: float = 0.25  # probability of exactly 0, and of exactly 1
     consistency_band: tuple[float, float] = (0.8, 1.25)
+    # Real crops: the output's chi^2 is judged against the target's own (losses.relative_chi2).
+    consistency_relative: bool = True
     grad_clip: float = 10.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -265,7 +267,7 @@ class GanTrainer:
 
         # Generator: observation consistency.
         total = rec
-        chi2_mean, cons_scale = 0.0, 0.0
+        chi2_mean, chi2_target_mean, cons_scale = 0.0, 0.0, 0.0
         cons_on = self.consistency_on()
         if cfg.consistency_weight > 0:
             sigma = batch["noise_map"] if "noise_map" in batch else batch["noise_sigma"]
@@ -274,6 +276,14 @@ class GanTrainer:
                     out, self._input_display(batch), sigma, batch["psf_fwhm"], in_mask, self.scale
                 )
             chi2_mean = _nanmean(chi2)
+            if cfg.consistency_relative and "synthetic" in batch:
+                with torch.no_grad():
+                    target_chi2 = observe.observation_chi2(
+                        target, self._input_display(batch), sigma, batch["psf_fwhm"], in_mask, self.scale
+                    )
+                real = ~batch["synthetic"].to(torch.bool)
+                chi2_target_mean = _nanmean(target_chi2[real]) if bool(real.any()) else 0.0
+                chi2 = losses.relative_chi2(chi2, target_chi2, batch["synthetic"])
             if cons_on > 0:
                 lo, hi = cfg.consistency_band
                 cons = losses.consistency_loss(chi2, lo, hi).mean()
@@ -308,6 +318,7 @@ class GanTrainer:
             "pixel": float(pixel.detach().mean()),
             "structure": float(struct.detach().mean()),
             "chi2": chi2_mean,
+            "chi2_target_real": chi2_target_mean,
             "adversarial": adv_value,
             "adversarial_scale": adv_scale,
             "consistency_scale": cons_scale,

@@ -179,7 +179,9 @@ def evaluate_family(
         seed=seed,
     )
     consistency = {name: chi2(outs, fields, scale) for name, outs in methods.items()}
-    return report.with_consistency(result, consistency), methods, samples
+    # The reference: how consistent the true target itself is with these inputs.
+    target_chi2 = chi2([w.target for w in fields], fields, scale)
+    return report.with_consistency(result, consistency, target_chi2=target_chi2), methods, samples
 
 
 def evaluate_run(
