@@ -276,13 +276,13 @@ class GanTrainer:
                     out, self._input_display(batch), sigma, batch["psf_fwhm"], in_mask, self.scale
                 )
             chi2_mean = _nanmean(chi2)
-            if cfg.consistency_relative and "synthetic" in batch:
+            real = ~batch["synthetic"].to(torch.bool) if "synthetic" in batch else None
+            if cfg.consistency_relative and real is not None and bool(real.any()):  # only real crops use it
                 with torch.no_grad():
                     target_chi2 = observe.observation_chi2(
                         target, self._input_display(batch), sigma, batch["psf_fwhm"], in_mask, self.scale
                     )
-                real = ~batch["synthetic"].to(torch.bool)
-                chi2_target_mean = _nanmean(target_chi2[real]) if bool(real.any()) else 0.0
+                chi2_target_mean = _nanmean(target_chi2[real])
                 chi2 = losses.relative_chi2(chi2, target_chi2, batch["synthetic"])
             if cons_on > 0:
                 lo, hi = cfg.consistency_band
